@@ -22,7 +22,8 @@ Decisions where the paper is silent (ours):
 - Episodes end by *termination* (not truncation) after the last stage: the game itself is
   over, so a critic must not bootstrap past it. Agents are then removed from env.agents.
 - The game is deterministic; reset(seed=...) is accepted for the API and seeds nothing.
-- Task draws: the whole space is shuffled with numpy's default_rng(task_seed) when small,
+- Task draws: the whole space is shuffled with task_rng(task_seed) (numpy's default_rng
+  on the seed sequence [TASK_STREAM, task_seed]) when small,
   otherwise distinct tasks are drawn by rejection; the first num_train are the training
   tasks and the next num_test the test tasks, so the two are disjoint by construction
   (the paper only says the test tasks "are different from the training tasks", B.1.1).
@@ -37,6 +38,11 @@ from dataclasses import dataclass
 import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
+
+# easy to overlook: default_rng(s) is the same PCG64 stream that an env's reset(seed=s) uses
+# (gymnasium's seeding), so with task_seed == env seed the MPE agents would start exactly on
+# the landmarks; task draws therefore use the seed sequence [TASK_STREAM, task_seed]
+TASK_STREAM = 20230529
 
 # rejection sampling is used when the task space holds more than this many tasks per task
 # asked; below it we enumerate the space and shuffle it (exact, and never loops long)
@@ -199,6 +205,13 @@ class MultiStageClimbEnv(_ClimbGameEnv):
         return np.concatenate([stage_one_hot, self._history.reshape(-1)])  # [S + S*n*U]
 
 
+def task_rng(task_seed: int) -> np.random.Generator:
+    """The generator every task draw uses: independent of env.reset(seed=task_seed)'s stream."""
+    if not isinstance(task_seed, (int, np.integer)) or task_seed < 0:
+        raise ValueError(f"task_seed must be an integer >= 0, got {task_seed!r}")
+    return np.random.default_rng([TASK_STREAM, int(task_seed)])
+
+
 def one_step_task_space(n: int = 2, U: int = 10) -> list[ClimbTask]:
     """T^one_U for n players: every ClimbTask(k, u), 1 <= k <= n, 0 <= u < U (B.1.1), k-major order."""
     check_climb_settings(n, U, 0.5)
@@ -221,7 +234,7 @@ def sample_one_step_tasks(num_train: int, num_test: int, task_seed: int, n: int 
     """Disjoint (train, test) lists of one-step tasks drawn uniformly without replacement from T^one_U."""
     space = one_step_task_space(n, U)
     total = _check_counts(num_train, num_test, len(space), f"T^one with n={n}, U={U}")
-    order = np.random.default_rng(task_seed).permutation(len(space))[:total]
+    order = task_rng(task_seed).permutation(len(space))[:total]
     tasks = [space[i] for i in order]
     return tasks[:num_train], tasks[num_train:]
 
@@ -235,7 +248,7 @@ def sample_multi_stage_tasks(num_train: int, num_test: int, task_seed: int, S: i
     stage_space = one_step_task_space(n, U)
     space_size = len(stage_space) ** S
     total = _check_counts(num_train, num_test, space_size, f"T^multi with S={S}, n={n}, U={U}")
-    rng = np.random.default_rng(task_seed)
+    rng = task_rng(task_seed)
     if space_size <= _ENUMERATE_FACTOR * max(total, 1):
         space = list(itertools.product(stage_space, repeat=S))
         tasks = [space[i] for i in rng.permutation(space_size)[:total]]
