@@ -33,6 +33,7 @@ Decisions where the paper is silent (ours):
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -218,14 +219,16 @@ def one_step_task_space(n: int = 2, U: int = 10) -> list[ClimbTask]:
     return [ClimbTask(k, u) for k in range(1, n + 1) for u in range(U)]
 
 
-def _check_counts(num_train: int, num_test: int, space_size: int, space_name: str) -> int:
+def check_task_counts(num_train: int, num_test: int, space_size: float = math.inf, space_name: str = "") -> int:
+    """num_train + num_test; ValueError if either is not an integer >= 0 or the space is too small."""
     for name, value in (("num_train", num_train), ("num_test", num_test)):
         if not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    total = num_train + num_test
+    total = int(num_train + num_test)
     if total > space_size:
         raise ValueError(
-            f"asked for {num_train} + {num_test} = {total} distinct tasks but {space_name} holds only {space_size}"
+            f"asked for {num_train} + {num_test} = {total} distinct tasks "
+            f"but {space_name} holds only {space_size}"
         )
     return total
 
@@ -233,13 +236,15 @@ def _check_counts(num_train: int, num_test: int, space_size: int, space_name: st
 def sample_one_step_tasks(num_train: int, num_test: int, task_seed: int, n: int = 2, U: int = 10):
     """Disjoint (train, test) lists of one-step tasks drawn uniformly without replacement from T^one_U."""
     space = one_step_task_space(n, U)
-    total = _check_counts(num_train, num_test, len(space), f"T^one with n={n}, U={U}")
+    total = check_task_counts(num_train, num_test, len(space), f"T^one with n={n}, U={U}")
     order = task_rng(task_seed).permutation(len(space))[:total]
     tasks = [space[i] for i in order]
     return tasks[:num_train], tasks[num_train:]
 
 
-def sample_multi_stage_tasks(num_train: int, num_test: int, task_seed: int, S: int = 5, n: int = 2, U: int = 10):
+def sample_multi_stage_tasks(
+    num_train: int, num_test: int, task_seed: int, S: int = 5, n: int = 2, U: int = 10
+):
     """Disjoint (train, test) lists of multi-stage tasks (S-tuples of ClimbTask) drawn uniformly
     without replacement from T^multi_{S,U}; the space has (n*U)^S tasks, so it is sampled, not
     enumerated, unless it is small."""
@@ -247,7 +252,7 @@ def sample_multi_stage_tasks(num_train: int, num_test: int, task_seed: int, S: i
         raise ValueError(f"S (number of stages) must be an integer >= 1, got {S!r}")
     stage_space = one_step_task_space(n, U)
     space_size = len(stage_space) ** S
-    total = _check_counts(num_train, num_test, space_size, f"T^multi with S={S}, n={n}, U={U}")
+    total = check_task_counts(num_train, num_test, space_size, f"T^multi with S={S}, n={n}, U={U}")
     rng = task_rng(task_seed)
     if space_size <= _ENUMERATE_FACTOR * max(total, 1):
         space = list(itertools.product(stage_space, repeat=S))

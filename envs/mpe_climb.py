@@ -7,7 +7,9 @@ every agent is on some landmark, else 0 (B.1.2; delta = 1/2). This is the one-st
 reward with "landmark an agent stands on" as its action, so it is computed by
 `envs.climb.climb_reward`. The observation of an agent holds the relative positions of all
 landmarks and of the other agents (B.1.2) and, as our spec adds, its own velocity; u and k
-are never observed. Experiments: n in {2, 3}, U in {5, 6}, k = 2 (section 6.3).
+are never observed. Experiments: n in {2, 3}, U in {5, 6}, k = 2 (section 6.3). B.1.2 writes
+the task space with k = n, section 6.3 "fixing k = 2"; these agree for n = 2, and for n = 3 we
+follow section 6.3 (k is a setting, default 2: the third agent must stand on another landmark).
 
 Built on Farama's mpe2 scenario API: `ClimbScenario` is an mpe2 `BaseScenario`, `_RawMPEClimbEnv`
 an mpe2 `SimpleEnv` (an AEC env, wrapped as mpe2 wraps its own), and `MPEClimbEnv` the
@@ -48,7 +50,7 @@ from mpe2._mpe_utils.simple_env import SimpleEnv
 from pettingzoo.utils import wrappers
 from pettingzoo.utils.conversions import aec_to_parallel_wrapper
 
-from envs.climb import climb_reward, task_rng
+from envs.climb import check_task_counts, climb_reward, task_rng
 
 # redraws of a whole layout before a landmark count is declared too crowded for the square
 _MAX_LAYOUT_TRIES = 1000
@@ -87,7 +89,9 @@ def agents_on_landmarks(agent_pos: np.ndarray, landmark_pos: np.ndarray, landmar
     return [int(j) if o else -1 for j, o in zip(nearest, on)]
 
 
-def mpe_climb_reward(agent_pos: np.ndarray, landmark_pos: np.ndarray, landmark_size: float, u: int, k: int, delta: float = 0.5) -> float:
+def mpe_climb_reward(
+    agent_pos: np.ndarray, landmark_pos: np.ndarray, landmark_size: float, u: int, k: int, delta: float = 0.5
+) -> float:
     """Team reward of G(n, k, u, U, L) (B.1.2): 0 unless every agent is on a landmark, then the
     climb reward of the landmarks they stand on (1 if f_u = k, 1 - delta if f_u = 0, else 0)."""
     on = agents_on_landmarks(agent_pos, landmark_pos, landmark_size)
@@ -97,13 +101,17 @@ def mpe_climb_reward(agent_pos: np.ndarray, landmark_pos: np.ndarray, landmark_s
 
 
 def sample_landmark_layout(U: int, landmark_size: float, rng: np.random.Generator) -> tuple[tuple[float, float], ...]:
-    """L ~ Psi_U: U centres uniform in [-1, 1]^2, rounded to 3 decimals, pairwise > 2 * landmark_size apart."""
+    """L ~ Psi_U: U centres uniform in [-1, 1]^2, rounded to 3 decimals, pairwise more than
+    2 * landmark_size apart (rejection sampling)."""
     for _ in range(_MAX_LAYOUT_TRIES):
         pos = np.round(rng.uniform(-1.0, 1.0, size=(U, 2)), 3)  # [U, 2]
         dist = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)  # [U, U]
         if np.all(dist[np.triu_indices(U, 1)] > 2 * landmark_size):
             return tuple((float(x), float(y)) for x, y in pos)
-    raise ValueError(f"could not place U = {U} non-overlapping landmarks of size {landmark_size} in [-1, 1]^2; use fewer or smaller landmarks")
+    raise ValueError(
+        f"could not place U = {U} non-overlapping landmarks of size {landmark_size} in [-1, 1]^2; "
+        "use fewer or smaller landmarks"
+    )
 
 
 def check_mpe_task(task, U: int, n: int, landmark_size: float) -> None:
@@ -115,22 +123,25 @@ def check_mpe_task(task, U: int, n: int, landmark_size: float) -> None:
         raise ValueError(f"task.landmarks must hold U = {U} (x, y) pairs, got shape {pos.shape}")
     dist = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)  # [U, U]
     if not np.all(dist[np.triu_indices(U, 1)] > 2 * landmark_size):
-        raise ValueError(f"task landmarks overlap: centres must be more than 2 * landmark_size = {2 * landmark_size} apart")
+        raise ValueError(
+            f"task landmarks overlap: centres must be more than 2 * landmark_size = {2 * landmark_size} apart"
+        )
     if not 0 <= task.u < U:
         raise ValueError(f"task u must satisfy 0 <= u < U = {U}, got {task.u}")
     if not 1 <= task.k <= n:
         raise ValueError(f"task k must satisfy 1 <= k <= n = {n}, got {task.k}")
 
 
-def sample_mpe_tasks(num_train: int, num_test: int, task_seed: int, n: int = 2, U: int = 5, k: int = 2, landmark_size: float = 0.1, delta: float = 0.5, max_steps: int = 100):
+def sample_mpe_tasks(
+    num_train: int, num_test: int, task_seed: int, n: int = 2, U: int = 5, k: int = 2,
+    landmark_size: float = 0.1, delta: float = 0.5, max_steps: int = 100,
+):
     """Disjoint (train, test) lists of MPE climb tasks: a layout ~ Psi_U and u uniform per task."""
     check_mpe_settings(n, U, k, delta, landmark_size, max_steps)
-    for name, value in (("num_train", num_train), ("num_test", num_test)):
-        if not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    total = check_task_counts(num_train, num_test)
     rng = task_rng(task_seed)
     tasks, seen = [], set()
-    while len(tasks) < num_train + num_test:
+    while len(tasks) < total:
         task = MPEClimbTask(sample_landmark_layout(U, landmark_size, rng), int(rng.integers(U)), k)
         if task.landmarks not in seen:  # every task its own layout (section 6.3)
             seen.add(task.landmarks)
@@ -175,19 +186,25 @@ class ClimbScenario(BaseScenario):
 
     def reward(self, agent: Agent, world: World) -> float:
         agent_pos = np.stack([a.state.p_pos for a in world.agents])  # [n, 2]
-        return mpe_climb_reward(agent_pos, self.landmark_pos, self.landmark_size, self.task.u, self.task.k, self.delta)
+        task = self.task
+        return mpe_climb_reward(agent_pos, self.landmark_pos, self.landmark_size, task.u, task.k, self.delta)
 
     def observation(self, agent: Agent, world: World) -> np.ndarray:
-        """[own velocity (2), landmark positions relative to the agent (2U), other agents' relative positions (2(n-1))]."""
+        """[own velocity (2), landmark positions relative to the agent (2U),
+        other agents' positions relative to it (2(n-1))]."""
         landmark_rel = [lm.state.p_pos - agent.state.p_pos for lm in world.landmarks]
         other_rel = [a.state.p_pos - agent.state.p_pos for a in world.agents if a is not agent]
         return np.concatenate([agent.state.p_vel, *landmark_rel, *other_rel])
 
 
 class _RawMPEClimbEnv(SimpleEnv):
-    metadata = {"name": "mpe_climb", "render_modes": ["human", "rgb_array"], "is_parallelizable": True, "render_fps": 10}
+    metadata = {
+        "name": "mpe_climb", "render_modes": ["human", "rgb_array"], "is_parallelizable": True, "render_fps": 10
+    }
 
-    def __init__(self, scenario: ClimbScenario, n: int, max_steps: int, continuous_actions: bool, render_mode=None):
+    def __init__(
+        self, scenario: ClimbScenario, n: int, max_steps: int, continuous_actions: bool, render_mode=None
+    ):
         super().__init__(
             scenario=scenario,
             world=scenario.make_world(n),
@@ -201,15 +218,19 @@ class _RawMPEClimbEnv(SimpleEnv):
 class MPEClimbEnv(aec_to_parallel_wrapper):
     """MPE climb game as a PettingZoo ParallelEnv; `max_steps` steps per episode, ended by truncation."""
 
-    def __init__(self, task: MPEClimbTask, n: int = 2, U: int = 5, k: int = 2, delta: float = 0.5,
-                 landmark_size: float = 0.1, max_steps: int = 100, continuous_actions: bool = False, render_mode=None):
+    def __init__(
+        self, task: MPEClimbTask, n: int = 2, U: int = 5, k: int = 2, delta: float = 0.5,
+        landmark_size: float = 0.1, max_steps: int = 100, continuous_actions: bool = False, render_mode=None,
+    ):
         check_mpe_settings(n, U, k, delta, landmark_size, max_steps)
         check_mpe_task(task, U, n, landmark_size)
         if task.k != k:
             raise ValueError(f"task k = {task.k} differs from setting k = {k}; draw tasks with the same k")
-        raw = _RawMPEClimbEnv(ClimbScenario(task, landmark_size, delta), n, max_steps, continuous_actions, render_mode)
+        scenario = ClimbScenario(task, landmark_size, delta)
+        raw = _RawMPEClimbEnv(scenario, n, max_steps, continuous_actions, render_mode)
         # the same wrappers mpe2 puts around its own scenarios
-        aec = wrappers.ClipOutOfBoundsWrapper(raw) if continuous_actions else wrappers.AssertOutOfBoundsWrapper(raw)
+        bounds = wrappers.ClipOutOfBoundsWrapper if continuous_actions else wrappers.AssertOutOfBoundsWrapper
+        aec = bounds(raw)
         super().__init__(wrappers.OrderEnforcingWrapper(aec))
         self.task = task
         self.max_steps = max_steps

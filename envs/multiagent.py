@@ -62,11 +62,15 @@ def make_env(env_id: str, task, **settings) -> ParallelEnv:
     if env_id == "mpe-climb":
         from envs.mpe_climb import MPEClimbEnv
 
-        return MPEClimbEnv(task, n=s["n"], U=s["U"], k=s["k"], delta=s["delta"], landmark_size=s["landmark_size"],
-                           max_steps=s["max_steps"], continuous_actions=s["continuous_actions"], render_mode=s["render_mode"])
+        return MPEClimbEnv(
+            task, n=s["n"], U=s["U"], k=s["k"], delta=s["delta"], landmark_size=s["landmark_size"],
+            max_steps=s["max_steps"], continuous_actions=s["continuous_actions"], render_mode=s["render_mode"],
+        )
     from envs.swimmer_climb import SwimmerClimbEnv
 
-    return SwimmerClimbEnv(task, eps=s["eps"], delta=s["delta"], max_steps=s["max_steps"], render_mode=s["render_mode"])
+    return SwimmerClimbEnv(
+        task, eps=s["eps"], delta=s["delta"], max_steps=s["max_steps"], render_mode=s["render_mode"]
+    )
 
 
 def sample_tasks(env_id: str, num_train: int, num_test: int, task_seed: int, **settings) -> tuple[list, list]:

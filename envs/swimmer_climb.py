@@ -38,9 +38,11 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium_robotics.envs.multiagent_mujoco.mujoco_multi import MultiAgentMujocoEnv
 
-from envs.climb import climb_reward, task_rng
+from envs.climb import check_task_counts, climb_reward, task_rng
 
 JOINT_LIMIT = math.radians(100.0)  # Swimmer-v5's hinge range: motor1_rot, motor2_rot in [-100 deg, 100 deg]
+ALPHA_MAX = math.radians(30.0)  # task space (-30 deg, 30 deg), B.1.3
+EPS = math.radians(5.0)  # "a very small angle" (B.1.3); 5 deg is ours
 
 
 def swimmer_climb_reward(joint_angles, alpha: float, eps: float, delta: float = 0.5) -> float:
@@ -50,7 +52,7 @@ def swimmer_climb_reward(joint_angles, alpha: float, eps: float, delta: float = 
     return climb_reward(close, k=len(close), u=1, delta=delta)
 
 
-def check_swimmer_settings(eps: float, delta: float, max_steps: int, alpha_max: float = math.radians(30.0)) -> None:
+def check_swimmer_settings(eps: float, delta: float, max_steps: int, alpha_max: float = ALPHA_MAX) -> None:
     """ValueError with a one-line message when a Swimmer climb setting is out of range."""
     if not 0.0 < eps < math.pi:
         raise ValueError(f"eps must be an angle in radians in (0, pi) (default radians(5) = 0.0873), got {eps!r}")
@@ -59,18 +61,18 @@ def check_swimmer_settings(eps: float, delta: float, max_steps: int, alpha_max: 
     if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ValueError(f"max_steps must be an integer >= 1 (paper: 1000), got {max_steps!r}")
     if not 0.0 < alpha_max < JOINT_LIMIT:
-        raise ValueError(f"alpha_max must be in (0, radians(100) = {JOINT_LIMIT:.4f}) (paper: radians(30)), got {alpha_max!r}")
+        raise ValueError(
+            f"alpha_max must be in (0, radians(100) = {JOINT_LIMIT:.4f}) (paper: radians(30)), got {alpha_max!r}"
+        )
 
 
-def sample_swimmer_tasks(num_train: int, num_test: int, task_seed: int, alpha_max: float = math.radians(30.0)):
+def sample_swimmer_tasks(num_train: int, num_test: int, task_seed: int, alpha_max: float = ALPHA_MAX):
     """Disjoint (train, test) lists of target angles alpha ~ U(-alpha_max, alpha_max), radians (B.1.3)."""
-    check_swimmer_settings(math.radians(5.0), 0.5, 1000, alpha_max)
-    for name, value in (("num_train", num_train), ("num_test", num_test)):
-        if not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    check_swimmer_settings(EPS, 0.5, 1000, alpha_max)
+    total = check_task_counts(num_train, num_test)
     rng = task_rng(task_seed)
     tasks, seen = [], set()
-    while len(tasks) < num_train + num_test:
+    while len(tasks) < total:
         alpha = float(rng.uniform(-alpha_max, alpha_max))
         if alpha not in seen and alpha != -alpha_max:  # open interval; a repeat has probability ~0
             seen.add(alpha)
@@ -81,16 +83,21 @@ def sample_swimmer_tasks(num_train: int, num_test: int, task_seed: int, alpha_ma
 class SwimmerClimbEnv(MultiAgentMujocoEnv):
     """2-agent Swimmer climb game G(alpha) as a PettingZoo ParallelEnv; Box(-1, 1, (1,)) torques."""
 
-    def __init__(self, task: float, eps: float = math.radians(5.0), delta: float = 0.5, max_steps: int = 1000, render_mode=None):
+    def __init__(self, task: float, eps: float = EPS, delta: float = 0.5, max_steps: int = 1000, render_mode=None):
         check_swimmer_settings(eps, delta, max_steps)
-        if isinstance(task, bool) or not isinstance(task, (float, int, np.floating, np.integer)) or not -JOINT_LIMIT < task < JOINT_LIMIT:
-            raise ValueError(f"a Swimmer climb task is a target angle alpha in radians in (-{JOINT_LIMIT:.4f}, {JOINT_LIMIT:.4f}), got {task!r}")
+        is_angle = isinstance(task, (float, int, np.floating, np.integer)) and not isinstance(task, bool)
+        if not is_angle or not -JOINT_LIMIT < task < JOINT_LIMIT:
+            raise ValueError(
+                f"a Swimmer climb task is a target angle alpha in radians in "
+                f"(-{JOINT_LIMIT:.4f}, {JOINT_LIMIT:.4f}), got {task!r}"
+            )
         super().__init__("Swimmer", "2x1", agent_obsk=1, render_mode=render_mode, max_episode_steps=max_steps)
         self.task, self.alpha, self.eps, self.delta, self.max_steps = task, float(task), eps, delta, max_steps
         # qpos index of each agent's hinge (MaMuJoCo stores them as negative indices: -2, -1)
         self._hinge_qpos = [node.qpos_ids for (node,) in self.agent_action_partitions]
         for agent in self.possible_agents:
-            self.observation_spaces[agent] = spaces.Box(-np.inf, np.inf, self.observation_spaces[agent].shape, np.float32)
+            shape = self.observation_spaces[agent].shape
+            self.observation_spaces[agent] = spaces.Box(-np.inf, np.inf, shape, np.float32)
         self.state_space = spaces.Box(-np.inf, np.inf, self.single_agent_env.observation_space.shape, np.float32)
 
     def joint_angles(self) -> np.ndarray:
