@@ -1,0 +1,404 @@
+"""Soft Actor-Critic on state-based DeepMind Control: the backbone of Collaborative Exploration.
+
+The "SAC" row of Table 1 in "Collaborative Exploration" (CE; section 5.1). The paper adopts
+jaxrl2's SACLearner settings (Appendix C.1) and Table 5: actor and twin critics 256-256, Adam
+3e-4, batch 256, gamma 0.99, tau 0.005, initial temperature 1.0, target entropy -0.5*|A|,
+gradient-norm clip 20, 10k random steps, evaluation every 5000 steps.
+
+This file is the N = 1 case of `ce_sac.py`: every parameter carries a leading agent dimension
+(here of size 1), and the blocks marked `# --- shared: NAME ---` are text-identical in both
+files, so that `diff baselines/sac.py ce_sac.py` reads as the method itself.
+
+Run:     python baselines/sac.py --env-id cheetah-run
+Expect:  about 850 on cheetah-run after 1e6 steps (Table 1: 847.3); the last printed line is
+         `eval_return=<mean of the last 10 evaluations>`.
+
+Seeding: `--seed` seeds python, numpy, torch, the environments' resets and action spaces; on
+CPU two runs with the same seed are identical. What stays nondeterministic: CUDA kernels that
+use atomics (e.g. some backward passes), even with `--torch-deterministic`.
+"""
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `python baselines/sac.py` finds envs/
+from envs.dmc import make_env  # noqa: E402
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory's name)"""
+    seed: int = 1
+    """seed of python, numpy, torch and the environments"""
+    torch_deterministic: bool = True
+    """sets `torch.backends.cudnn.deterministic`"""
+    cuda: bool = True
+    """train on the GPU when there is one"""
+    save_model: bool = False
+    """save the networks to `runs/{run_name}/{exp_name}.pt` at the end"""
+
+    env_id: str = "cheetah-run"
+    """DMC task as `domain-task` (Table 1: the DMC15) or a gymnasium id with continuous actions"""
+    total_timesteps: int = 1_000_000
+    """environment steps (section 5.1: 1e6)"""
+    buffer_size: int = 1_000_000
+    """replay buffer capacity in transitions (Table 5)"""
+    gamma: float = 0.99
+    """discount factor (Table 5)"""
+    tau: float = 0.005
+    """target critic smoothing coefficient (jaxrl2)"""
+    batch_size: int = 256
+    """transitions per gradient update (Table 5)"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of actor, critics and temperature (Table 5)"""
+    init_temperature: float = 1.0
+    """initial entropy temperature alpha; log(alpha) is learned (jaxrl2)"""
+    target_entropy_scale: float = 0.5
+    """target entropy = -scale * |A| (Table 5: -0.5 * |A|)"""
+    max_grad_norm: float = 20.0
+    """gradient-norm clip of actor and critics (Table 5)"""
+    learning_starts: int = 10_000
+    """environment steps with uniform random actions before learning (jaxrl2's start_training)"""
+    utd: int = 1
+    """gradient updates per environment step"""
+    eval_every: int = 5000
+    """environment steps between evaluations (Appendix D.1)"""
+    eval_episodes: int = 10
+    """episodes per evaluation, run in lockstep with the deterministic (mean) action"""
+    log_every: int = 1000
+    """environment steps between loss logs (each log is a host-device sync)"""
+
+
+# --- shared: networks ---
+class VectorizedLinear(nn.Module):
+    """`members` independent linear layers in one batched matmul: x [members, B, in] -> [members, B, out].
+
+    Members are agent-major: member m belongs to agent m // ensemble (twin critics: ensemble 2).
+    A layer built with agents=1 is shared by all agents (CE's multihead torso, section 5.8): it
+    takes x [N * ensemble, B, in] and applies its `ensemble` members to every agent's slice.
+    Initialisation as jaxrl2: orthogonal with gain sqrt(2), zero bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, agents: int, ensemble: int = 1):
+        super().__init__()
+        self.agents = agents
+        self.weight = nn.Parameter(torch.empty(agents * ensemble, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(agents * ensemble, 1, out_features))
+        for w in self.weight:  # one orthogonal [in, out] matrix per member
+            nn.init.orthogonal_(w, gain=math.sqrt(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        members = self.weight.shape[0]
+        if x.shape[0] == members:
+            return torch.baddbmm(self.bias, x, self.weight)
+        groups = x.view(-1, members, *x.shape[1:])  # [N, members, B, in]: a shared layer
+        return (groups @ self.weight + self.bias).flatten(0, 1)  # [N * members, B, out]
+
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # jaxrl2's NormalTanhPolicy clips (not squashes) log std
+
+
+class Actor(nn.Module):
+    """N tanh-Gaussian policies (jaxrl2's NormalTanhPolicy), MLP 256-256, stacked along agents."""
+
+    def __init__(self, env, num_agents: int, shared_torso: bool = False):
+        super().__init__()
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        torso = 1 if shared_torso else num_agents
+        self.num_agents = num_agents
+        self.fc1 = VectorizedLinear(obs_dim, 256, torso)
+        self.fc2 = VectorizedLinear(256, 256, torso)
+        self.fc_out = VectorizedLinear(256, 2 * act_dim, num_agents)  # mean and log std
+        # tanh output rescaled to the action bounds (not always [-1, 1]: quadruped)
+        high, low = (torch.as_tensor(b, dtype=torch.float32) for b in (env.action_space.high, env.action_space.low))
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs [N, B, O] (agent i sees obs[i]) or [B, O] (all agents see the same) -> mean, log_std [N, B, A]."""
+        if obs.dim() == 2:
+            obs = obs.expand(self.num_agents, *obs.shape)  # [N, B, O], no copy
+        h = F.relu(self.fc2(F.relu(self.fc1(obs))))
+        mean, log_std = self.fc_out(h).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def get_action(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A reparameterised sample [N, B, A], its log-density [N, B], and the deterministic (mean) action [N, B, A]."""
+        mean, log_std = self(obs)
+        noise = torch.randn_like(mean)
+        x = mean + log_std.exp() * noise  # pre-tanh sample
+        log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        # change of variables for a = scale * tanh(x) + bias: log|d tanh/dx| = 2 (log 2 - x - softplus(-2x)), stable
+        log_prob = log_prob - (2 * (math.log(2) - x - F.softplus(-2 * x))).sum(-1) - self.action_scale.log().sum()
+        action = torch.tanh(x) * self.action_scale + self.action_bias
+        return action, log_prob, torch.tanh(mean) * self.action_scale + self.action_bias
+
+
+class SoftQNetwork(nn.Module):
+    """N agents' twin critics (jaxrl2's StateActionEnsemble, 2 Qs), MLP 256-256, as one ensemble of 2N members."""
+
+    def __init__(self, env, num_agents: int, shared_torso: bool = False):
+        super().__init__()
+        in_dim = env.observation_space.shape[0] + env.action_space.shape[0]
+        torso = 1 if shared_torso else num_agents
+        self.num_agents = num_agents
+        self.fc1 = VectorizedLinear(in_dim, 256, torso, ensemble=2)
+        self.fc2 = VectorizedLinear(256, 256, torso, ensemble=2)
+        self.fc_out = VectorizedLinear(256, 1, num_agents, ensemble=2)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """obs [N, B, O] or [B, O], actions [N, B, A] or [B, A] -> Q [N, 2, B]."""
+        shape = (self.num_agents, 2, actions.shape[-2])
+        x = torch.cat([obs.unsqueeze(-3).expand(*shape, -1), actions.unsqueeze(-3).expand(*shape, -1)], -1)  # [N, 2, B, O + A]
+        h = F.relu(self.fc2(F.relu(self.fc1(x.flatten(0, 1)))))  # [2N, B, 256]
+        return self.fc_out(h).view(shape)
+
+
+@torch.no_grad()
+def clip_grad_norm_per_agent_(net: nn.Module, max_norm: float) -> torch.Tensor:
+    """Table 5's gradient-norm clip, for each agent on its own: agent i's norm runs over its slices
+    of every stacked parameter, and only its slices are scaled. One batched reduction per
+    parameter, no loop over agents. Layers shared by all agents (multihead) count in every
+    agent's norm and take the smallest agent's scale. Returns the norms [N] before clipping."""
+    layers = [m for m in net.modules() if isinstance(m, VectorizedLinear)]
+    sq_norms = sum(g.view(l.agents, -1).square().sum(1) for l in layers for g in (l.weight.grad, l.bias.grad))  # [N]
+    norms = sq_norms.sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # [N]
+    for l in layers:
+        s = scale if l.agents == scale.shape[0] else scale.min(0, keepdim=True).values  # [agents]
+        for g in (l.weight.grad, l.bias.grad):
+            g.view(l.agents, -1).mul_(s[:, None])
+    return norms
+# --- end shared ---
+
+
+class Batch(NamedTuple):
+    obs: torch.Tensor  # [B, O]
+    actions: torch.Tensor  # [B, A]
+    rewards: torch.Tensor  # [B]
+    next_obs: torch.Tensor  # [B, O]
+    terminations: torch.Tensor  # [B]
+
+
+class ReplayBuffer:
+    """All agents' transitions on the training device, written in rounds of N (one step of every agent).
+
+    Row f = round * N + agent (a ring over rounds): agent i's next step sits N rows further on.
+    """
+
+    def __init__(self, capacity_rounds: int, num_agents: int, obs_dim: int, act_dim: int, device: torch.device):
+        size = capacity_rounds * num_agents
+        self.capacity_rounds, self.num_agents, self.device = capacity_rounds, num_agents, device
+        self.obs = torch.zeros(size, obs_dim, device=device)
+        self.next_obs = torch.zeros(size, obs_dim, device=device)
+        self.actions = torch.zeros(size, act_dim, device=device)
+        self.rewards = torch.zeros(size, device=device)
+        self.terminations = torch.zeros(size, device=device)
+        self.rounds_added = 0
+
+    def add(self, obs, actions, rewards, next_obs, terminations):
+        """One round: each argument [N, ...] (numpy), row i from agent i."""
+        start = (self.rounds_added % self.capacity_rounds) * self.num_agents
+        for field, value in zip(
+            (self.obs, self.actions, self.rewards, self.next_obs, self.terminations),
+            (obs, actions, rewards, next_obs, terminations),
+        ):
+            field[start : start + self.num_agents] = torch.as_tensor(value, dtype=torch.float32, device=self.device)
+        self.rounds_added += 1
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, Batch]:
+        """Uniform over all stored transitions; indices drawn on the buffer's device (no host sync)."""
+        filled = min(self.rounds_added, self.capacity_rounds) * self.num_agents
+        idx = torch.randint(filled, (batch_size,), device=self.device)  # [B]
+        return idx, Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminations[idx])
+
+
+def validate(args: Args) -> None:
+    """Raise ValueError naming the first impossible argument and what would be valid."""
+    for name in ("total_timesteps", "buffer_size", "batch_size", "utd", "eval_every", "eval_episodes", "log_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.gamma <= 1 or not 0 < args.tau <= 1:
+        raise ValueError(f"--gamma must be in [0, 1] and --tau in (0, 1], got {args.gamma} and {args.tau}")
+    if args.learning_rate <= 0 or args.init_temperature <= 0 or args.max_grad_norm <= 0:
+        raise ValueError("--learning-rate, --init-temperature and --max-grad-norm must be > 0")
+    if args.learning_starts < 0:
+        raise ValueError(f"--learning-starts must be >= 0, got {args.learning_starts}")
+    make_env(args.env_id, args.seed).close()  # raises ValueError listing the valid ids
+
+
+def main(args: Args) -> dict:
+    validate(args)
+    N = 1  # agents: the single-agent case of ce_sac.py's stacked networks
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text(
+        "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+    )
+
+    # SEEDING
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # ENVIRONMENTS: agent i's env is seeded with seed + i (reset and action space, in make_env)
+    envs = [make_env(args.env_id, args.seed + i) for i in range(N)]
+    eval_envs = [make_env(args.env_id, args.seed + 10_000 + j) for j in range(args.eval_episodes)]
+    obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
+
+    actor = Actor(envs[0], N).to(device)
+    qf = SoftQNetwork(envs[0], N).to(device)
+    qf_target = SoftQNetwork(envs[0], N).to(device)
+    qf_target.load_state_dict(qf.state_dict())
+    qf_target.requires_grad_(False)  # moved only by the soft update
+    qf_params, qf_target_params = list(qf.parameters()), list(qf_target.parameters())
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, foreach=True)
+    q_optimizer = torch.optim.Adam(qf_params, lr=args.learning_rate, foreach=True)
+    log_alpha = torch.full((N,), math.log(args.init_temperature), device=device, requires_grad=True)
+    alpha = log_alpha.detach().exp()  # [N]
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.learning_rate)
+    target_entropy = -args.target_entropy_scale * act_dim
+
+    rb = ReplayBuffer(args.buffer_size // N, N, obs_dim, act_dim, device)
+
+    obs = np.stack([env.reset(seed=args.seed + i)[0] for i, env in enumerate(envs)])  # [N, O]
+    episode_returns = np.zeros(N)
+    eval_returns: list[float] = []
+    global_step, next_eval, next_log = 0, args.eval_every, args.log_every
+    start_time, learning_start_time, last_print, sps = time.time(), None, time.time(), 0.0
+    while global_step < args.total_timesteps:
+        # COLLECT: one step of every agent in its own environment
+        if global_step < args.learning_starts:
+            actions = np.stack([env.action_space.sample() for env in envs]).astype(np.float32)  # [N, A]
+        else:
+            with torch.no_grad():
+                actions, _, _ = actor.get_action(torch.as_tensor(obs, device=device)[:, None])  # [N, 1, A]
+            actions = actions[:, 0].cpu().numpy()  # host-device sync: the environments live on the host
+        next_obs, rewards = np.empty_like(obs), np.empty(N, np.float32)
+        terminations, dones = np.zeros(N, np.float32), []
+        for i, env in enumerate(envs):
+            next_obs[i], rewards[i], terminated, truncated, _ = env.step(actions[i])
+            terminations[i] = terminated
+            if terminated or truncated:
+                dones.append(i)
+        # easy to overlook: only terminations stop the bootstrap; a time-limit truncation (all of DMC) still bootstraps
+        rb.add(obs, actions, rewards, next_obs, terminations)
+        episode_returns += rewards
+        global_step += N
+        obs = next_obs.copy()
+        for i in dones:
+            writer.add_scalar(f"charts/episodic_return/agent{i}", episode_returns[i], global_step)
+            obs[i], _ = envs[i].reset()
+            episode_returns[i] = 0.0
+
+        if global_step >= args.learning_starts:
+            if learning_start_time is None:
+                learning_start_time, learning_start_step = time.time(), global_step
+            for _ in range(args.utd * N):
+                idx, data = rb.sample(args.batch_size)
+                rewards = data.rewards  # [B]
+
+                # --- shared: sac-update ---
+                # CRITIC: one soft Bellman target per agent, from the min of its twin target critics
+                with torch.no_grad():
+                    next_actions, next_log_pi, _ = actor.get_action(data.next_obs)  # [N, B, A], [N, B]
+                    min_qf_next_target = qf_target(data.next_obs, next_actions).min(1).values  # [N, B]
+                    soft_next_value = min_qf_next_target - alpha[:, None] * next_log_pi  # [N, B]
+                    next_q_value = rewards + args.gamma * (1 - data.terminations) * soft_next_value  # [N, B]
+                qf_values = qf(data.obs, data.actions)  # [N, 2, B]
+                # jaxrl2: mean over twins and batch; summing over agents keeps each agent's gradient its own
+                qf_losses = (qf_values - next_q_value[:, None]).square().mean((1, 2))  # [N]
+                q_optimizer.zero_grad(set_to_none=True)
+                qf_losses.sum().backward()
+                clip_grad_norm_per_agent_(qf, args.max_grad_norm)
+                q_optimizer.step()
+                torch._foreach_lerp_(qf_target_params, qf_params, args.tau)
+
+                # ACTOR: jaxrl2 uses the updated critics and the mean (not min) of the twins here
+                qf.requires_grad_(False)  # only dQ/da is needed: skip the critics' weight gradients
+                pi_actions, log_pi, _ = actor.get_action(data.obs)  # [N, B, A], [N, B]
+                qf_pi = qf(data.obs, pi_actions).mean(1)  # [N, B]
+                actor_losses = (alpha[:, None] * log_pi - qf_pi).mean(1)  # [N]
+                actor_optimizer.zero_grad(set_to_none=True)
+                actor_losses.sum().backward()
+                clip_grad_norm_per_agent_(actor, args.max_grad_norm)
+                actor_optimizer.step()
+                qf.requires_grad_(True)
+
+                # TEMPERATURE: jaxrl2's alpha * (entropy - target), on the actor step's log-probs (no second actor pass)
+                entropy = -log_pi.detach().mean(1)  # [N]
+                alpha_losses = log_alpha.exp() * (entropy - target_entropy)  # [N]
+                alpha_optimizer.zero_grad(set_to_none=True)
+                alpha_losses.sum().backward()
+                alpha_optimizer.step()
+                alpha = log_alpha.detach().exp()
+                # --- end shared ---
+
+        # EVAL: fresh episodes on separate envs, deterministic (mean) action, all episodes in lockstep
+        if global_step >= next_eval or global_step >= args.total_timesteps:
+            next_eval += args.eval_every
+            eval_obs = np.stack([env.reset()[0] for env in eval_envs])  # [E, O]
+            returns, running = np.zeros(len(eval_envs)), np.ones(len(eval_envs), bool)
+            while running.any():
+                with torch.no_grad():
+                    _, _, mean_actions = actor.get_action(torch.as_tensor(eval_obs, device=device))  # [N, E, A]
+                    eval_actions = mean_actions[0].cpu().numpy()  # [E, A]: agent 0
+                for j in np.flatnonzero(running):
+                    eval_obs[j], r, terminated, truncated, _ = eval_envs[j].step(eval_actions[j])
+                    returns[j] += r
+                    running[j] = not (terminated or truncated)
+            eval_returns.append(float(returns.mean()))
+            writer.add_scalar("eval/return", eval_returns[-1], global_step)
+            last_print = 0.0  # print the new evaluation now
+
+        # LOG: losses of the last update (the .item() calls sync with the device, hence only every log_every steps)
+        if learning_start_time is not None and global_step >= next_log:
+            next_log += args.log_every
+            sps = (global_step - learning_start_step) / max(time.time() - learning_start_time, 1e-9)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            writer.add_scalar("losses/qf_loss", qf_losses.mean().item(), global_step)
+            writer.add_scalar("losses/qf_values", qf_values.mean().item(), global_step)
+            writer.add_scalar("losses/actor_loss", actor_losses.mean().item(), global_step)
+            writer.add_scalar("losses/alpha", alpha.mean().item(), global_step)
+            writer.add_scalar("losses/alpha_loss", alpha_losses.mean().item(), global_step)
+            writer.add_scalar("losses/entropy", entropy.mean().item(), global_step)
+        if time.time() - last_print > 30:
+            last_print = time.time()
+            last = f"{eval_returns[-1]:.1f}" if eval_returns else "-"
+            print(f"step={global_step} sps={sps:.0f} eval_return(last)={last} elapsed={time.time() - start_time:.0f}s")
+
+    if args.save_model:
+        path = f"runs/{run_name}/{args.exp_name}.pt"
+        torch.save({"actor": actor.state_dict(), "qf": qf.state_dict(), "log_alpha": log_alpha.detach()}, path)
+        print(f"model saved to {path}")
+    for env in envs + eval_envs:
+        env.close()
+    writer.close()
+
+    eval_return = float(np.mean(eval_returns[-10:]))  # Appendix D.1: mean of the last 10 evaluations
+    print(f"eval_return={eval_return}")
+    return {"eval_return": eval_return, "eval_returns": eval_returns, "sps": sps, "global_step": global_step, "run_name": run_name}
+
+
+if __name__ == "__main__":
+    cli_args = tyro.cli(Args)
+    try:
+        validate(cli_args)
+    except ValueError as e:  # bad input only: an error during training keeps its traceback
+        sys.exit(f"error: {e}")
+    main(cli_args)
