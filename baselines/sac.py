@@ -287,21 +287,21 @@ def main(args: Args) -> dict:
             actions = np.stack([env.action_space.sample() for env in envs]).astype(np.float32)  # [N, A]
         else:
             with torch.no_grad():
-                actions, _, _ = actor.get_action(torch.as_tensor(obs, device=device)[:, None])  # [N, 1, A]
-            actions = actions[:, 0].cpu().numpy()  # host-device sync: the environments live on the host
+                obs_t = torch.as_tensor(obs, device=device)  # [N, O]
+                actions, _, _ = actor.get_action(obs_t[:, None])  # [N, 1, A]
+                actions = actions[:, 0]  # [N, A]
+            actions = actions.cpu().numpy()  # host-device sync: the environments live on the host
         next_obs, rewards = np.empty_like(obs), np.empty(N, np.float32)
-        terminations, dones = np.zeros(N, np.float32), []
+        terminations, dones = np.zeros(N, np.float32), np.zeros(N, bool)
         for i, env in enumerate(envs):
             next_obs[i], rewards[i], terminated, truncated, _ = env.step(actions[i])
-            terminations[i] = terminated
-            if terminated or truncated:
-                dones.append(i)
+            terminations[i], dones[i] = terminated, terminated or truncated
         # easy to overlook: only terminations stop the bootstrap; a time-limit truncation (all of DMC) still bootstraps
         rb.add(obs, actions, rewards, next_obs, terminations)
         episode_returns += rewards
         global_step += N
         obs = next_obs.copy()
-        for i in dones:
+        for i in np.flatnonzero(dones):
             writer.add_scalar(f"charts/episodic_return/agent{i}", episode_returns[i], global_step)
             obs[i], _ = envs[i].reset()
             episode_returns[i] = 0.0

@@ -1,0 +1,648 @@
+"""Collaborative Exploration (CE) with SAC on state-based DeepMind Control.
+
+"Collaborative Exploration" (CE), sections 3-4, Appendix C and D. A set of N SAC agents, each
+with its own environment, shares one replay buffer (3.1). Every sampled batch is relabeled for
+every agent i with r + lambda * R_i, where R_i mixes the novelty of the afterstate w.r.t. agent
+i's own recent states (ego) with its novelty w.r.t. the other agents' (mutual) (Eqs. 2-3), in
+the embedding of a contrastive encoder (Eq. 4). Optional, section 4.2: epsilon-collaborative
+action selection during collection (Eq. 5) and collaborative evaluation (softmax over the
+agents' Q-values, or a learned Q-classifier over agent indices).
+
+Which collaborations are on by default: the paper's CE of Table 1 is collaborative training
+alone with agent 0 evaluated (section 5.1: "we always select the first agent for evaluation";
+Table 6 reports CE apart from every pair of the three components, so CE is not Col-Training +
+Col-Unroll); Algorithm 1 shows all three ("All" in Table 6). Flags:
+  CE (Table 1)         python ce_sac.py --env-id cheetah-run
+  Replica (Table 1)    python ce_sac.py --env-id cheetah-run --no-col-training
+  All (Table 6)        python ce_sac.py --env-id cheetah-run --col-unroll --col-eval
+
+The backbone is baselines/sac.py with a leading agent dimension of size N: blocks marked
+`# --- shared: NAME ---` are text-identical in both files, lines CE adds carry `# CE:`, and
+`--num-agents 1 --no-col-training` reproduces baselines/sac.py exactly on CPU (same seed).
+
+Expect:  about 880 on cheetah-run after 1e6 total env steps (Table 1: 877.8; Replica 869.2);
+         the last printed line is `eval_return=<mean of the last 10 evaluations>`.
+
+Seeding: `--seed` seeds python, numpy, torch, the environments' resets (seed + agent index) and
+action spaces; on CPU two runs with the same seed are identical. What stays nondeterministic:
+CUDA kernels that use atomics (e.g. some backward passes), even with `--torch-deterministic`.
+"""
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # envs/ from any working directory
+from envs.dmc import make_env  # noqa: E402
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory's name)"""
+    seed: int = 1
+    """seed of python, numpy, torch and the environments"""
+    torch_deterministic: bool = True
+    """sets `torch.backends.cudnn.deterministic`"""
+    cuda: bool = True
+    """train on the GPU when there is one"""
+    save_model: bool = False
+    """save all agents and the encoder to `runs/{run_name}/{exp_name}.pt` at the end"""
+
+    env_id: str = "cheetah-run"
+    """DMC task as `domain-task` (Table 1: the DMC15) or a gymnasium id with continuous actions"""
+    total_timesteps: int = 1_000_000
+    """environment steps of all agents together (section 5.1: 1e6, i.e. 2.5e5 per agent for N = 4)"""
+    buffer_size: int = 1_000_000
+    """replay buffer capacity in transitions, shared by all agents (Table 5)"""
+    gamma: float = 0.99
+    """discount factor (Table 5)"""
+    tau: float = 0.005
+    """target critic smoothing coefficient (jaxrl2)"""
+    batch_size: int = 256
+    """transitions per gradient update, the same batch for every agent (Table 4)"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of actors, critics, temperatures, encoder and Q-classifier (Table 5)"""
+    init_temperature: float = 1.0
+    """initial entropy temperature alpha; log(alpha) is learned (jaxrl2)"""
+    target_entropy_scale: float = 0.5
+    """target entropy = -scale * |A| (Table 5: -0.5 * |A|)"""
+    max_grad_norm: float = 20.0
+    """gradient-norm clip of actor and critics, per agent (Table 5)"""
+    learning_starts: int = 10_000
+    """environment steps (all agents) with uniform random actions before learning (jaxrl2's start_training)"""
+    utd: int = 1
+    """vectorized updates of all agents per environment step (all agents): N updates per own step (5.1)"""
+    eval_every: int = 5000
+    """environment steps (all agents) between evaluations (Appendix D.1)"""
+    eval_episodes: int = 10
+    """episodes per evaluation, run in lockstep with the deterministic (mean) action"""
+    log_every: int = 1000
+    """environment steps between loss logs (each log is a host-device sync)"""
+
+    num_agents: int = 4
+    """CE: N, agents in the set, each with its own environment (section 5.1; Table 7 ablates 2-64)"""
+    multihead: bool = False
+    """CE: one torso shared by all agents per network type, N heads (section 5.8)"""
+    col_training: bool = True
+    """CE: Col-Training (Table 6): relabel rewards with the collaborative reward of Eq. 3; off = Replica"""
+    col_unroll: bool = False
+    """CE: Col-Unroll (Table 6): epsilon-collaborative actions of Eq. 5 while collecting (off in Table 1's CE)"""
+    col_eval: bool = False
+    """CE: Col-Eval (Table 6): the same as `--eval-mode softmax` (an error with `--eval-mode qclassifier`)"""
+    eval_mode: Literal["first", "softmax", "qclassifier"] = "first"
+    """CE: who acts in evaluation (4.2): agent 0 (Table 1), softmax over Q^i(s, pi^i(s)), or the Q-classifier"""
+    softmax_temperature: float = 1.0
+    """CE: T in softmax_i(Q^i(s, pi^i(s)) / T) (paper: no temperature, i.e. 1)"""
+    qclassifier_horizon: int = 100
+    """CE: Monte-Carlo horizon of the Q-classifier's targets, and eval steps between its choices (5.7)"""
+    encoder: Literal["contrastive", "identity", "random"] = "contrastive"
+    """CE: embedding of the novelty: contrastive (Eq. 4), raw observation, or fixed random MLP (Table 8)"""
+    encoder_dim: int = 64
+    """CE: width of the encoder MLP 64-64, the last layer being the embedding (Table 5)"""
+    contrastive_temperature: float = 0.07
+    """CE: temperature tau of the InfoNCE loss, Eq. 4 (Table 4)"""
+    positive_horizon: int = 5
+    """CE: L, positives are s_{t+d} of the same episode with 1 <= |d| <= L (C.1; Table 4's horizon 10 = 2L)"""
+    memory_size: int = 300
+    """CE: observations in each agent's FIFO memory bank (Table 4)"""
+    memory_skip: int = 5
+    """CE: one observation into the bank every this many of the agent's env steps (Table 4)"""
+    knn_k: int = 20
+    """CE: K of the KNN cosine similarity, Eq. 2 (Table 4; Table 9 ablates 5-30)"""
+    ego_weight: float = 0.5
+    """CE: w in Eq. 3, weight of the agent's own novelty against the others' (4.1)"""
+    aggregate: Literal["mean", "max", "min"] = "mean"
+    """CE: g in Eq. 3, how the other agents' novelties are combined (4.1)"""
+    intrinsic_coef: float = 0.2
+    """CE: lambda, agent i trains on r + lambda * R_i (Table 4)"""
+    unroll_eps: float = 0.2
+    """CE: probability of the collaborative action of Eq. 5 per agent step (Table 4)"""
+    unroll_samples: int = 10
+    """CE: M, actions every policy samples for Eq. 5 (Table 4)"""
+
+
+# --- shared: networks ---
+class VectorizedLinear(nn.Module):
+    """`members` independent linear layers in one batched matmul: x [members, B, in] -> [members, B, out].
+
+    Members are agent-major: member m belongs to agent m // ensemble (twin critics: ensemble 2).
+    A layer built with agents=1 is shared by all agents (CE's multihead torso, section 5.8): it
+    takes x [N * ensemble, B, in] and applies its `ensemble` members to every agent's slice.
+    Initialisation as jaxrl2: orthogonal with gain sqrt(2), zero bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, agents: int, ensemble: int = 1):
+        super().__init__()
+        self.agents = agents
+        self.weight = nn.Parameter(torch.empty(agents * ensemble, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(agents * ensemble, 1, out_features))
+        for w in self.weight:  # one orthogonal [in, out] matrix per member
+            nn.init.orthogonal_(w, gain=math.sqrt(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        members = self.weight.shape[0]
+        if x.shape[0] == members:
+            return torch.baddbmm(self.bias, x, self.weight)
+        groups = x.view(-1, members, *x.shape[1:])  # [N, members, B, in]: a shared layer
+        return (groups @ self.weight + self.bias).flatten(0, 1)  # [N * members, B, out]
+
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # jaxrl2's NormalTanhPolicy clips (not squashes) log std
+
+
+class Actor(nn.Module):
+    """N tanh-Gaussian policies (jaxrl2's NormalTanhPolicy), MLP 256-256, stacked along agents."""
+
+    def __init__(self, env, num_agents: int, shared_torso: bool = False):
+        super().__init__()
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        torso = 1 if shared_torso else num_agents
+        self.num_agents = num_agents
+        self.fc1 = VectorizedLinear(obs_dim, 256, torso)
+        self.fc2 = VectorizedLinear(256, 256, torso)
+        self.fc_out = VectorizedLinear(256, 2 * act_dim, num_agents)  # mean and log std
+        # tanh output rescaled to the action bounds (not always [-1, 1]: quadruped)
+        high, low = (torch.as_tensor(b, dtype=torch.float32) for b in (env.action_space.high, env.action_space.low))
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs [N, B, O] (agent i sees obs[i]) or [B, O] (all agents see the same) -> mean, log_std [N, B, A]."""
+        if obs.dim() == 2:
+            obs = obs.expand(self.num_agents, *obs.shape)  # [N, B, O], no copy
+        h = F.relu(self.fc2(F.relu(self.fc1(obs))))
+        mean, log_std = self.fc_out(h).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def get_action(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A reparameterised sample [N, B, A], its log-density [N, B], and the deterministic (mean) action [N, B, A]."""
+        mean, log_std = self(obs)
+        noise = torch.randn_like(mean)
+        x = mean + log_std.exp() * noise  # pre-tanh sample
+        log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        # change of variables for a = scale * tanh(x) + bias: log|d tanh/dx| = 2 (log 2 - x - softplus(-2x)), stable
+        log_prob = log_prob - (2 * (math.log(2) - x - F.softplus(-2 * x))).sum(-1) - self.action_scale.log().sum()
+        action = torch.tanh(x) * self.action_scale + self.action_bias
+        return action, log_prob, torch.tanh(mean) * self.action_scale + self.action_bias
+
+
+class SoftQNetwork(nn.Module):
+    """N agents' twin critics (jaxrl2's StateActionEnsemble, 2 Qs), MLP 256-256, as one ensemble of 2N members."""
+
+    def __init__(self, env, num_agents: int, shared_torso: bool = False):
+        super().__init__()
+        in_dim = env.observation_space.shape[0] + env.action_space.shape[0]
+        torso = 1 if shared_torso else num_agents
+        self.num_agents = num_agents
+        self.fc1 = VectorizedLinear(in_dim, 256, torso, ensemble=2)
+        self.fc2 = VectorizedLinear(256, 256, torso, ensemble=2)
+        self.fc_out = VectorizedLinear(256, 1, num_agents, ensemble=2)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """obs [N, B, O] or [B, O], actions [N, B, A] or [B, A] -> Q [N, 2, B]."""
+        shape = (self.num_agents, 2, actions.shape[-2])
+        x = torch.cat([obs.unsqueeze(-3).expand(*shape, -1), actions.unsqueeze(-3).expand(*shape, -1)], -1)  # [N, 2, B, O + A]
+        h = F.relu(self.fc2(F.relu(self.fc1(x.flatten(0, 1)))))  # [2N, B, 256]
+        return self.fc_out(h).view(shape)
+
+
+@torch.no_grad()
+def clip_grad_norm_per_agent_(net: nn.Module, max_norm: float) -> torch.Tensor:
+    """Table 5's gradient-norm clip, for each agent on its own: agent i's norm runs over its slices
+    of every stacked parameter, and only its slices are scaled. One batched reduction per
+    parameter, no loop over agents. Layers shared by all agents (multihead) count in every
+    agent's norm and take the smallest agent's scale. Returns the norms [N] before clipping."""
+    layers = [m for m in net.modules() if isinstance(m, VectorizedLinear)]
+    sq_norms = sum(g.view(l.agents, -1).square().sum(1) for l in layers for g in (l.weight.grad, l.bias.grad))  # [N]
+    norms = sq_norms.sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # [N]
+    for l in layers:
+        s = scale if l.agents == scale.shape[0] else scale.min(0, keepdim=True).values  # [agents]
+        for g in (l.weight.grad, l.bias.grad):
+            g.view(l.agents, -1).mul_(s[:, None])
+    return norms
+# --- end shared ---
+
+
+def make_encoder(obs_dim: int, width: int) -> nn.Module:  # CE
+    """e_phi: MLP 64-64 on the observation (Table 5); no activation after the last layer, the embedding."""
+    return nn.Sequential(nn.Linear(obs_dim, width), nn.ReLU(), nn.Linear(width, width))
+
+
+class Batch(NamedTuple):
+    obs: torch.Tensor  # [B, O]
+    actions: torch.Tensor  # [B, A]
+    rewards: torch.Tensor  # [B]
+    next_obs: torch.Tensor  # [B, O]
+    terminations: torch.Tensor  # [B]
+
+
+class ReplayBuffer:
+    """All agents' transitions on the training device, written in rounds of N (one step of every agent).
+
+    Row f = round * N + agent (a ring over rounds): agent i's next step sits N rows further on.
+    CE: each row also records when it was written (`rounds`), its position in the agent's
+    episode (`episode_steps`) and whether the episode ended there (`dones`), which is what the
+    contrastive positives and the Q-classifier's Monte-Carlo targets need.
+    """
+
+    def __init__(self, capacity_rounds: int, num_agents: int, obs_dim: int, act_dim: int, device: torch.device):
+        size = capacity_rounds * num_agents
+        self.capacity_rounds, self.num_agents, self.device = capacity_rounds, num_agents, device
+        self.obs = torch.zeros(size, obs_dim, device=device)
+        self.next_obs = torch.zeros(size, obs_dim, device=device)
+        self.actions = torch.zeros(size, act_dim, device=device)
+        self.rewards = torch.zeros(size, device=device)
+        self.terminations = torch.zeros(size, device=device)
+        self.dones = torch.zeros(size, dtype=torch.bool, device=device)  # CE: termination or truncation
+        self.rounds = torch.full((size,), -1, dtype=torch.long, device=device)  # CE: round of writing
+        self.episode_steps = torch.full((size,), -1, dtype=torch.long, device=device)  # CE: t within the episode
+        self.rounds_added = 0
+
+    def add(self, obs, actions, rewards, next_obs, terminations, dones, episode_steps):
+        """One round: each argument [N, ...] (numpy), row i from agent i."""
+        start = (self.rounds_added % self.capacity_rounds) * self.num_agents
+        for field, value in zip(
+            (self.obs, self.actions, self.rewards, self.next_obs, self.terminations, self.dones, self.episode_steps),
+            (obs, actions, rewards, next_obs, terminations, dones, episode_steps),
+        ):
+            field[start : start + self.num_agents] = torch.as_tensor(value, dtype=field.dtype, device=self.device)
+        self.rounds[start : start + self.num_agents] = self.rounds_added  # CE
+        self.rounds_added += 1
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, Batch]:
+        """Uniform over all stored transitions; indices drawn on the buffer's device (no host sync)."""
+        filled = min(self.rounds_added, self.capacity_rounds) * self.num_agents
+        idx = torch.randint(filled, (batch_size,), device=self.device)  # [B]
+        return idx, Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminations[idx])
+
+    def same_episode(self, idx: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # CE
+        """Rows [B, K] of the same agent `offsets` [K] of its own steps away from rows idx [B], and
+        whether each holds the same episode: written exactly d rounds later (so not overwritten
+        since) and at episode step t + d (so no reset in between)."""
+        rows = (idx[:, None] + offsets * self.num_agents) % self.rounds.shape[0]  # [B, K]
+        step = self.episode_steps[idx, None] + offsets  # [B, K]
+        valid = (self.rounds[rows] == self.rounds[idx, None] + offsets) & (self.episode_steps[rows] == step) & (step >= 0)
+        return rows, valid
+
+
+def knn_cosine_similarity(query: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
+    """f^KNN of Eq. 2: query [B, D], keys [N, M, D] -> [B, N], the mean of the k largest cosine
+    similarities between each query and agent n's keys.
+
+    Pass only the filled keys: all agents step in lockstep, so every bank holds the same count M.
+    A bank with fewer than k keys gives the mean over all of them; an empty bank (M = 0, only if
+    learning starts before the first memory write) gives similarity 0, i.e. novelty 0.
+    """
+    B, (N, M, _) = query.shape[0], keys.shape
+    if M == 0:
+        return query.new_zeros(B, N)
+    sim = F.normalize(query, dim=-1) @ F.normalize(keys, dim=-1).flatten(0, 1).T  # [B, N * M]
+    return sim.view(B, N, M).topk(min(k, M), dim=-1).values.mean(-1)  # [B, N]
+
+
+def novelty_of(query: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
+    """Eq. 2: r(s', A^n) = -f^KNN(e(s'), Z^n); query [B, D], keys [N, M, D] -> [B, N]."""
+    return -knn_cosine_similarity(query, keys, k)
+
+
+def collaborative_reward(novelty: torch.Tensor, w: float, aggregate: str = "mean") -> torch.Tensor:
+    """Eq. 3: R_i = w * novelty_i (ego) + (1 - w) * g({novelty_j : j != i}) (mutual); [B, N] -> [B, N].
+
+    g is mean, max or min over the other agents. With N = 1 there is no other agent and R = w * novelty.
+    """
+    B, N = novelty.shape
+    ego = w * novelty
+    if N == 1:
+        return ego
+    if aggregate == "mean":
+        mutual = (novelty.sum(1, keepdim=True) - novelty) / (N - 1)  # [B, N]
+    elif aggregate in ("max", "min"):
+        self_mask = torch.eye(N, dtype=torch.bool, device=novelty.device)  # [i, j]: j == i
+        fill = -math.inf if aggregate == "max" else math.inf
+        others = novelty[:, None, :].expand(B, N, N).masked_fill(self_mask, fill)  # [B, i, j]
+        mutual = others.amax(-1) if aggregate == "max" else others.amin(-1)  # [B, N]
+    else:
+        raise ValueError(f"aggregate must be mean, max or min, got {aggregate!r}")
+    return ego + (1 - w) * mutual
+
+
+def info_nce_loss(
+    anchors: torch.Tensor, positives: torch.Tensor, temperature: float, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Eq. 4: InfoNCE on anchors [B, D] and their positives [B, D] -> scalar.
+
+    logits[b, c] = f(anchor_b, positive_c) / temperature with f the cosine similarity; the label of
+    row b is c = b, the other positives of the batch are its negatives (4.1). `valid` [B] (bool,
+    optional) leaves anchors without a positive out of the mean; their rows still serve as negatives.
+    """
+    logits = F.normalize(anchors, dim=-1) @ F.normalize(positives, dim=-1).T / temperature  # [B, B]
+    losses = F.cross_entropy(logits, torch.arange(len(anchors), device=anchors.device), reduction="none")  # [B]
+    if valid is None:
+        return losses.mean()
+    return (losses * valid).sum() / valid.sum().clamp(min=1)
+
+
+def collaborative_action(candidates: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: candidates [N, N, M, A] -> actions [N, A].
+
+    candidates[i, j, m] is the m-th action policy j samples at agent i's observation. Agent i takes
+    its own sample a^i_k* with k* = argmax_k sum_{j != i} sum_h ||a^i_k - a^j_h||^2, the one
+    farthest from what the other policies would do. Ties: the first k (torch.argmax); with N = 1
+    every score is 0 and agent 0 takes its first sample.
+    """
+    N, M = candidates.shape[0], candidates.shape[2]
+    agents = torch.arange(N, device=candidates.device)
+    own = candidates[agents, agents]  # [N, M, A]: a^i_k
+    sq_dist = (own[:, None, :, None, :] - candidates[:, :, None, :, :]).square().sum(-1)  # [N_i, N_j, M_k, M_h]
+    is_other = ~torch.eye(N, dtype=torch.bool, device=candidates.device)  # [N_i, N_j]
+    score = (sq_dist * is_other[:, :, None, None]).sum((1, 3))  # [N, M]
+    return own[agents, score.argmax(1)]  # [N, A]
+
+
+def validate(args: Args) -> None:
+    """Raise ValueError naming the first impossible argument and what would be valid."""
+    for name in ("total_timesteps", "buffer_size", "batch_size", "utd", "eval_every", "eval_episodes", "log_every",
+                 "num_agents", "knn_k", "memory_size", "memory_skip", "positive_horizon", "unroll_samples",
+                 "qclassifier_horizon", "encoder_dim"):  # fmt: skip
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.gamma <= 1 or not 0 < args.tau <= 1:
+        raise ValueError(f"--gamma must be in [0, 1] and --tau in (0, 1], got {args.gamma} and {args.tau}")
+    if args.learning_rate <= 0 or args.init_temperature <= 0 or args.max_grad_norm <= 0:
+        raise ValueError("--learning-rate, --init-temperature and --max-grad-norm must be > 0")
+    if args.learning_starts < 0:
+        raise ValueError(f"--learning-starts must be >= 0, got {args.learning_starts}")
+    if args.buffer_size < args.num_agents:  # CE
+        raise ValueError(f"--buffer-size must hold one round of all agents, >= --num-agents {args.num_agents}")
+    for name in ("unroll_eps", "ego_weight"):  # CE
+        if not 0 <= getattr(args, name) <= 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    if args.intrinsic_coef < 0 or args.contrastive_temperature <= 0 or args.softmax_temperature <= 0:  # CE
+        raise ValueError("--intrinsic-coef must be >= 0, --contrastive-temperature and --softmax-temperature > 0")
+    for name, valid in (("eval_mode", ("first", "softmax", "qclassifier")), ("encoder", ("contrastive", "identity", "random")),
+                        ("aggregate", ("mean", "max", "min"))):  # fmt: skip
+        if getattr(args, name) not in valid:  # CE: tyro checks these on the command line, main(Args(...)) does not
+            raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}, got {getattr(args, name)!r}")
+    if args.col_eval and args.eval_mode == "qclassifier":  # CE
+        raise ValueError("--col-eval means --eval-mode softmax; pass one of --col-eval or --eval-mode qclassifier")
+    make_env(args.env_id, args.seed).close()  # raises ValueError listing the valid ids
+
+
+def main(args: Args) -> dict:
+    validate(args)
+    N = args.num_agents  # CE
+    eval_mode = "softmax" if args.col_eval else args.eval_mode  # CE: Col-Eval of Table 6 is the softmax mode
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text(
+        "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+    )
+
+    # SEEDING
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # ENVIRONMENTS: agent i's env is seeded with seed + i (reset and action space, in make_env)
+    envs = [make_env(args.env_id, args.seed + i) for i in range(N)]
+    eval_envs = [make_env(args.env_id, args.seed + 10_000 + j) for j in range(args.eval_episodes)]
+    obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
+
+    actor = Actor(envs[0], N, shared_torso=args.multihead).to(device)
+    qf = SoftQNetwork(envs[0], N, shared_torso=args.multihead).to(device)
+    qf_target = SoftQNetwork(envs[0], N, shared_torso=args.multihead).to(device)
+    qf_target.load_state_dict(qf.state_dict())
+    qf_target.requires_grad_(False)  # moved only by the soft update
+    qf_params, qf_target_params = list(qf.parameters()), list(qf_target.parameters())
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, foreach=True)
+    q_optimizer = torch.optim.Adam(qf_params, lr=args.learning_rate, foreach=True)
+    log_alpha = torch.full((N,), math.log(args.init_temperature), device=device, requires_grad=True)
+    alpha = log_alpha.detach().exp()  # [N]
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.learning_rate)
+    target_entropy = -args.target_entropy_scale * act_dim
+    # CE: built only when used, so that Replica draws the same random numbers as baselines/sac.py
+    encoder = encoder_optimizer = None
+    if args.col_training:
+        encoder = nn.Identity() if args.encoder == "identity" else make_encoder(obs_dim, args.encoder_dim).to(device)
+        if args.encoder == "contrastive":
+            encoder_optimizer = torch.optim.Adam(encoder.parameters(), lr=args.learning_rate)
+        else:
+            encoder.requires_grad_(False)  # identity or random: fixed, never trained (Table 8)
+        memory_bank = torch.zeros(N, args.memory_size, obs_dim, device=device)  # raw observations, FIFO per agent
+        memory_filled = 0  # lockstep: every bank holds the same count
+    if eval_mode == "qclassifier":  # CE: Q^e(s) -> R^N, an MLP like the critics' (paper silent on its shape)
+        q_classifier = nn.Sequential(
+            nn.Linear(obs_dim, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, N)
+        ).to(device)
+        q_classifier_optimizer = torch.optim.Adam(q_classifier.parameters(), lr=args.learning_rate)
+        horizon = torch.arange(args.qclassifier_horizon, device=device)  # [H]
+    positive_offsets = torch.cat([torch.arange(-args.positive_horizon, 0), torch.arange(1, args.positive_horizon + 1)])
+    positive_offsets = positive_offsets.to(device)  # CE: [2L], d in {-L..-1, 1..L}
+
+    rb = ReplayBuffer(args.buffer_size // N, N, obs_dim, act_dim, device)
+
+    obs = np.stack([env.reset(seed=args.seed + i)[0] for i, env in enumerate(envs)])  # [N, O]
+    episode_returns = np.zeros(N)
+    episode_steps = np.zeros(N, np.int64)  # CE: position of each agent in its episode
+    eval_returns: list[float] = []
+    global_step, next_eval, next_log = 0, args.eval_every, args.log_every
+    start_time, learning_start_time, last_print, sps = time.time(), None, time.time(), 0.0
+    while global_step < args.total_timesteps:
+        # COLLECT: one step of every agent in its own environment
+        if global_step < args.learning_starts:
+            actions = np.stack([env.action_space.sample() for env in envs]).astype(np.float32)  # [N, A]
+        else:
+            with torch.no_grad():
+                obs_t = torch.as_tensor(obs, device=device)  # [N, O]
+                actions, _, _ = actor.get_action(obs_t[:, None])  # [N, 1, A]
+                actions = actions[:, 0]  # [N, A]
+                if args.col_unroll:  # CE: Eq. 5 with probability eps per agent step (4.2)
+                    M = args.unroll_samples
+                    samples, _, _ = actor.get_action(obs_t.repeat_interleave(M, 0))  # [N_j, N_i * M, A]
+                    candidates = samples.view(N, N, M, act_dim).transpose(0, 1)  # [N_i, N_j, M, A]
+                    collaborate = torch.rand(N, device=device) < args.unroll_eps  # [N]
+                    actions = torch.where(collaborate[:, None], collaborative_action(candidates), actions)
+            actions = actions.cpu().numpy()  # host-device sync: the environments live on the host
+        next_obs, rewards = np.empty_like(obs), np.empty(N, np.float32)
+        terminations, dones = np.zeros(N, np.float32), np.zeros(N, bool)
+        for i, env in enumerate(envs):
+            next_obs[i], rewards[i], terminated, truncated, _ = env.step(actions[i])
+            terminations[i], dones[i] = terminated, terminated or truncated
+        # easy to overlook: only terminations stop the bootstrap; a time-limit truncation (all of DMC) still bootstraps
+        rb.add(obs, actions, rewards, next_obs, terminations, dones, episode_steps)  # CE: + where
+        episode_returns += rewards
+        episode_steps += 1  # CE
+        global_step += N
+        if encoder is not None and (global_step // N) % args.memory_skip == 0:  # CE: every memory_skip own steps
+            memory_bank[:, memory_filled % args.memory_size] = torch.as_tensor(next_obs, device=device)  # afterstates s'
+            memory_filled += 1
+        obs = next_obs.copy()
+        for i in np.flatnonzero(dones):
+            writer.add_scalar(f"charts/episodic_return/agent{i}", episode_returns[i], global_step)
+            obs[i], _ = envs[i].reset()
+            episode_returns[i] = 0.0
+            episode_steps[i] = 0  # CE
+
+        if global_step >= args.learning_starts:
+            if learning_start_time is None:
+                learning_start_time, learning_start_step = time.time(), global_step
+            for _ in range(args.utd * N):
+                idx, data = rb.sample(args.batch_size)
+                rewards = data.rewards  # [B]
+                if encoder is not None:
+                    # CE: COLLABORATIVE REWARD (4.1): one encoder pass for the queries e(s') and every bank's keys
+                    bank = memory_bank[:, : min(memory_filled, args.memory_size)]  # [N, M, O]: filled slots
+                    with torch.no_grad():  # a label: the SAC losses do not back-propagate into the encoder
+                        z = encoder(torch.cat([data.next_obs, bank.flatten(0, 1)]))  # [B + N * M, D]
+                        query, keys = z[: len(idx)], z[len(idx) :].view(N, bank.shape[1], -1)  # [B, D], [N, M, D]
+                        novelty = novelty_of(query, keys, args.knn_k)  # [B, N], Eq. 2
+                        intrinsic = collaborative_reward(novelty, args.ego_weight, args.aggregate)  # [B, N], Eq. 3
+                    rewards = data.rewards + args.intrinsic_coef * intrinsic.T  # [N, B]: agent i's relabeled reward
+
+                # --- shared: sac-update ---
+                # CRITIC: one soft Bellman target per agent, from the min of its twin target critics
+                with torch.no_grad():
+                    next_actions, next_log_pi, _ = actor.get_action(data.next_obs)  # [N, B, A], [N, B]
+                    min_qf_next_target = qf_target(data.next_obs, next_actions).min(1).values  # [N, B]
+                    soft_next_value = min_qf_next_target - alpha[:, None] * next_log_pi  # [N, B]
+                    next_q_value = rewards + args.gamma * (1 - data.terminations) * soft_next_value  # [N, B]
+                qf_values = qf(data.obs, data.actions)  # [N, 2, B]
+                # jaxrl2: mean over twins and batch; summing over agents keeps each agent's gradient its own
+                qf_losses = (qf_values - next_q_value[:, None]).square().mean((1, 2))  # [N]
+                q_optimizer.zero_grad(set_to_none=True)
+                qf_losses.sum().backward()
+                clip_grad_norm_per_agent_(qf, args.max_grad_norm)
+                q_optimizer.step()
+                torch._foreach_lerp_(qf_target_params, qf_params, args.tau)
+
+                # ACTOR: jaxrl2 uses the updated critics and the mean (not min) of the twins here
+                qf.requires_grad_(False)  # only dQ/da is needed: skip the critics' weight gradients
+                pi_actions, log_pi, _ = actor.get_action(data.obs)  # [N, B, A], [N, B]
+                qf_pi = qf(data.obs, pi_actions).mean(1)  # [N, B]
+                actor_losses = (alpha[:, None] * log_pi - qf_pi).mean(1)  # [N]
+                actor_optimizer.zero_grad(set_to_none=True)
+                actor_losses.sum().backward()
+                clip_grad_norm_per_agent_(actor, args.max_grad_norm)
+                actor_optimizer.step()
+                qf.requires_grad_(True)
+
+                # TEMPERATURE: jaxrl2's alpha * (entropy - target), on the actor step's log-probs (no second actor pass)
+                entropy = -log_pi.detach().mean(1)  # [N]
+                alpha_losses = log_alpha.exp() * (entropy - target_entropy)  # [N]
+                alpha_optimizer.zero_grad(set_to_none=True)
+                alpha_losses.sum().backward()
+                alpha_optimizer.step()
+                alpha = log_alpha.detach().exp()
+                # --- end shared ---
+
+                if encoder_optimizer is not None:
+                    # CE: ENCODER (Eq. 4): anchor s_t, positive s_{t+d} of the same agent's same episode, 1 <= |d| <= L
+                    rows, valid = rb.same_episode(idx, positive_offsets)  # [B, 2L]
+                    pick = (torch.rand(valid.shape, device=device) * valid).argmax(1, keepdim=True)  # [B, 1]: uniform over valid d
+                    has_positive = valid.gather(1, pick)[:, 0]  # [B]; False only in episodes shorter than 2 steps
+                    anchors, positives = encoder(torch.cat([data.obs, rb.obs[rows.gather(1, pick)[:, 0]]])).chunk(2)
+                    encoder_loss = info_nce_loss(anchors, positives, args.contrastive_temperature, has_positive)
+                    encoder_optimizer.zero_grad(set_to_none=True)
+                    encoder_loss.backward()
+                    encoder_optimizer.step()
+
+                if eval_mode == "qclassifier":
+                    # CE: Q-CLASSIFIER (5.7): Q^e(s)_i regressed on the sum of the next H task rewards of agent i,
+                    # the agent that collected s; shorter at episode ends, left out while the episode still runs
+                    rows, valid = rb.same_episode(idx, horizon)  # [B, H]
+                    mc_return = (rb.rewards[rows] * valid).sum(1)  # [B]
+                    known = valid[:, -1] | (valid & rb.dones[rows]).any(1)  # [B]: window full or episode ended inside
+                    predicted = q_classifier(data.obs).gather(1, (idx % N)[:, None])[:, 0]  # [B]
+                    qclassifier_loss = ((predicted - mc_return).square() * known).sum() / known.sum().clamp(min=1)
+                    q_classifier_optimizer.zero_grad(set_to_none=True)
+                    qclassifier_loss.backward()
+                    q_classifier_optimizer.step()
+
+        # EVAL: fresh episodes on separate envs, deterministic (mean) action, all episodes in lockstep
+        if global_step >= next_eval or global_step >= args.total_timesteps:
+            next_eval += args.eval_every
+            eval_obs = np.stack([env.reset()[0] for env in eval_envs])  # [E, O]
+            returns, running = np.zeros(len(eval_envs)), np.ones(len(eval_envs), bool)
+            eval_agent = torch.zeros(len(eval_envs), dtype=torch.long, device=device)  # CE: [E], who acts in each episode
+            eval_t = 0  # CE
+            while running.any():
+                with torch.no_grad():
+                    eval_obs_t = torch.as_tensor(eval_obs, device=device)  # CE: [E, O]
+                    _, _, mean_actions = actor.get_action(eval_obs_t)  # [N, E, A]
+                    if eval_mode == "softmax":  # CE: a mixture policy as PEX, the agent drawn anew every step
+                        q_pi = qf(eval_obs_t, mean_actions).min(1).values  # [N, E]: Q^i(s, pi^i(s))
+                        eval_agent = torch.multinomial(torch.softmax(q_pi.T / args.softmax_temperature, 1), 1)[:, 0]
+                    elif eval_mode == "qclassifier" and eval_t % args.qclassifier_horizon == 0:  # CE
+                        eval_agent = q_classifier(eval_obs_t).argmax(1)  # [E]: argmax_i Q^e(s)_i, kept for H steps
+                    eval_actions = mean_actions[eval_agent, torch.arange(len(eval_envs))].cpu().numpy()  # CE: [E, A]
+                for j in np.flatnonzero(running):
+                    eval_obs[j], r, terminated, truncated, _ = eval_envs[j].step(eval_actions[j])
+                    returns[j] += r
+                    running[j] = not (terminated or truncated)
+                eval_t += 1  # CE
+            eval_returns.append(float(returns.mean()))
+            writer.add_scalar("eval/return", eval_returns[-1], global_step)
+            last_print = 0.0  # print the new evaluation now
+
+        # LOG: losses of the last update (the .item() calls sync with the device, hence only every log_every steps)
+        if learning_start_time is not None and global_step >= next_log:
+            next_log += args.log_every
+            sps = (global_step - learning_start_step) / max(time.time() - learning_start_time, 1e-9)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            writer.add_scalar("losses/qf_loss", qf_losses.mean().item(), global_step)
+            writer.add_scalar("losses/qf_values", qf_values.mean().item(), global_step)
+            writer.add_scalar("losses/actor_loss", actor_losses.mean().item(), global_step)
+            writer.add_scalar("losses/alpha", alpha.mean().item(), global_step)
+            writer.add_scalar("losses/alpha_loss", alpha_losses.mean().item(), global_step)
+            writer.add_scalar("losses/entropy", entropy.mean().item(), global_step)
+            if encoder is not None:  # CE
+                writer.add_scalar("charts/intrinsic_reward_mean", intrinsic.mean().item(), global_step)
+                writer.add_scalar("charts/intrinsic_reward_std", intrinsic.std().item(), global_step)
+                writer.add_scalar("charts/novelty_mean", novelty.mean().item(), global_step)
+            if encoder_optimizer is not None:  # CE
+                writer.add_scalar("losses/encoder_loss", encoder_loss.item(), global_step)
+            if eval_mode == "qclassifier":  # CE
+                writer.add_scalar("losses/qclassifier_loss", qclassifier_loss.item(), global_step)
+        if time.time() - last_print > 30:
+            last_print = time.time()
+            last = f"{eval_returns[-1]:.1f}" if eval_returns else "-"
+            print(f"step={global_step} sps={sps:.0f} eval_return(last)={last} elapsed={time.time() - start_time:.0f}s")
+
+    if args.save_model:
+        path = f"runs/{run_name}/{args.exp_name}.pt"
+        checkpoint = {"actor": actor.state_dict(), "qf": qf.state_dict(), "log_alpha": log_alpha.detach()}
+        checkpoint["encoder"] = encoder.state_dict() if encoder is not None else None  # CE
+        checkpoint["q_classifier"] = q_classifier.state_dict() if eval_mode == "qclassifier" else None  # CE
+        torch.save(checkpoint, path)
+        print(f"model saved to {path}")
+    for env in envs + eval_envs:
+        env.close()
+    writer.close()
+
+    eval_return = float(np.mean(eval_returns[-10:]))  # Appendix D.1: mean of the last 10 evaluations
+    print(f"eval_return={eval_return}")
+    return {"eval_return": eval_return, "eval_returns": eval_returns, "sps": sps, "global_step": global_step, "run_name": run_name}
+
+
+if __name__ == "__main__":
+    cli_args = tyro.cli(Args)
+    try:
+        validate(cli_args)
+    except ValueError as e:  # bad input only: an error during training keeps its traceback
+        sys.exit(f"error: {e}")
+    main(cli_args)
