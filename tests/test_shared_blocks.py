@@ -69,7 +69,10 @@ def mismatches(copies: dict[str, list[tuple[Path, str]]]) -> list[str]:
                         first_body.splitlines(keepends=True), body.splitlines(keepends=True), str(first_path), str(path)
                     )
                 )
-                problems.append(f"shared block {name!r} differs from its first copy:\n{diff}")
+                problems.append(
+                    f"shared block {name!r} differs from its first copy (if these are different blocks, "
+                    f"give them different names: names are project-wide):\n{diff}"
+                )
     return problems
 
 
