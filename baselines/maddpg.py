@@ -1,0 +1,536 @@
+"""MADDPG with GRU actors and a centralized GRU critic: the backbone of MESA and its "MADDPG" row.
+
+Paper: Zhang, Liang, Wu, Fang, "MESA: Cooperative Meta-Exploration in Multi-Agent Learning
+through Exploiting State-Action Space Structure", AAMAS 2024; section 5.3 (MADDPG is MESA's
+off-policy learner f), Appendix B.2 Table 1 (hyperparameters), Appendix B.4 Table 2 ("MADDPG").
+MADDPG itself: Lowe et al., NeurIPS 2017. `mesa_maddpg.py` carries a marked copy of this file's
+learner (`# --- shared: ... ---` blocks), so `diff baselines/maddpg.py mesa_maddpg.py` is MESA.
+
+One task of any environment of `envs.multiagent` is learned from scratch: decentralized actors
+pi_i(a_i | o_i^{<=t}) (one GRU each, stacked into one batched pass), one centralized critic
+Q(o_1..o_n^{<=t}, a_1..a_n^{<=t}) (one GRU over the joint history), trained on batches of whole
+trajectories. Discrete actions use the straight-through Gumbel-softmax, continuous actions a
+tanh policy with Gaussian exploration noise. The task is test task `--test-task-index` of
+`sample_tasks(env_id, num_train_tasks, num_test_tasks, task_seed)`, i.e. one of the tasks MESA
+meta-tests on, so the two scripts are compared on the same tasks.
+
+Run:
+    python baselines/maddpg.py --env-id climb-multi-stage --seed 1
+Expected (paper Table 2; ours in README): the climb games' sub-optimal equilibrium, test
+return about 0.5 (multi-stage, return averaged over the 5 steps) and 0.5-1.0 on the one-step
+game (1.0 where k = 1, 0.5 where k = 2). The last line printed is `test_return=<float>`.
+
+Nondeterminism: on CPU the same seed gives identical runs (`--torch-deterministic`); on GPU,
+cuBLAS reductions may differ in the last bits between runs.
+
+Decisions where the paper is silent (ours), each next to its code:
+- one gradient step on `batch_size` whole trajectories every `train_frequency` env steps;
+- gamma 0.99, soft target updates tau = 0.01, gradient-norm clip 10, replay of the last
+  `buffer_size` trajectories; the actor's logits carry the original MADDPG code's 1e-3 L2 penalty;
+- climb-game returns are reported averaged over timesteps (the paper's convention, section 6.2),
+  MPE and Swimmer returns summed.
+"""
+
+import copy
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for envs/
+from envs.multiagent import ENV_IDS, check_disjoint, make_env, sample_tasks  # noqa: E402
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """name of this experiment (the run directory's second field)"""
+    seed: int = 1
+    """seed of random, numpy, torch and the environments' resets"""
+    torch_deterministic: bool = True
+    """torch.backends.cudnn.deterministic and deterministic algorithms where torch has them"""
+    cuda: bool = True
+    """use CUDA when it is available"""
+    torch_threads: int = 1
+    """CPU threads of torch: these networks are tiny, one thread is fastest (more threads spin and wait)"""
+
+    # environment and tasks
+    env_id: str = "climb-multi-stage"
+    """one of climb-one-step, climb-multi-stage, mpe-climb, swimmer-climb"""
+    task_seed: int = 0
+    """seed of the task draw: which tasks are the training and which the test tasks"""
+    num_train_tasks: Optional[int] = None
+    """training tasks drawn (None: the paper's, Table 1: 10 climb, 30 MPE and Swimmer); they only fix the draw here"""
+    num_test_tasks: Optional[int] = None
+    """test tasks drawn (None: the paper's, Table 1: 5 climb, 15 MPE, 6 Swimmer)"""
+    test_task_index: int = 0
+    """which test task this run learns"""
+    n_agents: Optional[int] = None
+    """env setting n, climb and MPE games (None: the env's default, 2)"""
+    num_actions: Optional[int] = None
+    """env setting U: actions (climb) or landmarks (MPE) (None: the env's default, 10 climb, 5 MPE)"""
+    k: Optional[int] = None
+    """env setting k of the MPE climb game: agents needed on the target landmark (None: 2)"""
+    stages: Optional[int] = None
+    """env setting S of the multi-stage climb game (None: 5)"""
+    max_steps: Optional[int] = None
+    """env setting episode length of MPE and Swimmer (None: 100 MPE, 1000 Swimmer)"""
+
+    # MADDPG (Appendix B.2, Table 1)
+    total_timesteps: Optional[int] = None
+    """env steps of learning on the task (None: Table 1's meta-testing steps, 50k one-step, 100k multi-stage, 3M MPE, 2.5M Swimmer)"""
+    learning_rate: Optional[float] = None
+    """Adam learning rate of actors and critic (None: Table 1, 5e-3 climb, 1e-4 MPE and Swimmer)"""
+    batch_size: Optional[int] = None
+    """trajectories per gradient step (None: Table 1, 32 climb, 300 MPE, 8 Swimmer)"""
+    learning_starts: Optional[int] = None
+    """env steps of uniformly random actions before learning (None: Table 1, 3000 climb, 50k MPE and Swimmer)"""
+    hidden_dim: int = 64
+    """units of the GRU layer (and of the layer before it) in actors and critic (Table 1: one GRU layer, 64 units)"""
+    train_frequency: Optional[int] = None
+    """env steps between gradient steps (None: 8 one-step, 20 multi-stage, 100 MPE, 1000 Swimmer; paper silent)"""
+    buffer_size: Optional[int] = None
+    """replay capacity in trajectories (None: 5000 climb, 2000 MPE, 200 Swimmer; paper silent)"""
+    gamma: float = 0.99
+    """discount factor (paper silent)"""
+    tau: float = 0.01
+    """soft target-update rate (paper silent; the original MADDPG's 0.01)"""
+    max_grad_norm: float = 10.0
+    """gradient-norm clip of actors and critic (paper silent)"""
+    gumbel_temperature: float = 1.0
+    """temperature of the straight-through Gumbel-softmax, discrete actions (paper silent)"""
+    logit_penalty: float = 1e-3
+    """L2 penalty on the actors' logits/pre-tanh outputs (original MADDPG code; paper silent)"""
+    exploration_noise: float = 0.1
+    """std of the Gaussian action noise, continuous actions, in units of half the action range (paper silent)"""
+
+    # evaluation and logging
+    eval_frequency: Optional[int] = None
+    """env steps between greedy evaluations logged under eval/ (None: total_timesteps // 20)"""
+    eval_episodes: int = 5
+    """greedy episodes per evaluation (the climb games are deterministic: 1 would do)"""
+    log_frequency: int = 1000
+    """env steps between losses/ and charts/ logs (each log syncs the device once)"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment set-up
+# ---------------------------------------------------------------------------------------------
+# --- shared: paper-defaults ---
+PAPER_DEFAULTS = {  # Appendix B.2 Table 1, per environment; "ours" where the paper is silent
+    #                   test steps  lr     batch  random  train_freq (ours)  buffer (ours)  tasks train/test
+    "climb-one-step": dict(total_timesteps=50_000, learning_rate=5e-3, batch_size=32, learning_starts=3000,
+                           train_frequency=8, buffer_size=5000, num_train_tasks=10, num_test_tasks=5),
+    "climb-multi-stage": dict(total_timesteps=100_000, learning_rate=5e-3, batch_size=32, learning_starts=3000,
+                              train_frequency=20, buffer_size=5000, num_train_tasks=10, num_test_tasks=5),
+    "mpe-climb": dict(total_timesteps=3_000_000, learning_rate=1e-4, batch_size=300, learning_starts=50_000,
+                      train_frequency=100, buffer_size=2000, num_train_tasks=30, num_test_tasks=15),
+    "swimmer-climb": dict(total_timesteps=2_500_000, learning_rate=1e-4, batch_size=8, learning_starts=50_000,
+                          train_frequency=1000, buffer_size=200, num_train_tasks=30, num_test_tasks=6),
+}
+
+
+def resolve_args(args, *extra_defaults):
+    """A copy of args with every None hyperparameter set to the paper's value for args.env_id
+    (PAPER_DEFAULTS, then each extra {env_id: {field: value}} table); ValueError (one line,
+    naming what is valid) for an unknown env id."""
+    if args.env_id not in ENV_IDS:
+        raise ValueError(f"unknown --env-id {args.env_id!r}; valid: {', '.join(ENV_IDS)}")
+    args = copy.copy(args)
+    for table in (PAPER_DEFAULTS, *extra_defaults):
+        for name, value in table[args.env_id].items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    if args.eval_frequency is None:
+        args.eval_frequency = max(1, args.total_timesteps // 20)
+    return args
+
+
+def env_settings(args) -> dict:
+    """The env settings given on the command line, under envs.multiagent's names; the env
+    rejects (ValueError, one line) a setting it does not have or an impossible value."""
+    named = {"n": args.n_agents, "U": args.num_actions, "k": args.k, "S": args.stages, "max_steps": args.max_steps}
+    return {key: value for key, value in named.items() if value is not None}
+
+
+def draw_tasks(args, settings):
+    """(train_tasks, test_tasks) of args.task_seed, checked disjoint; ValueError (one line) on an
+    impossible setting or count (envs.multiagent checks k <= n, U >= 2, ...)."""
+    train_tasks, test_tasks = sample_tasks(args.env_id, args.num_train_tasks, args.num_test_tasks, args.task_seed, **settings)
+    check_disjoint(train_tasks, test_tasks)
+    return train_tasks, test_tasks
+
+
+def env_spaces(env):
+    """(n, obs_dim, act_dim, discrete, action_low, action_high) of a ParallelEnv whose agents
+    share one observation and one action space (true of every env in envs/)."""
+    agents = env.possible_agents
+    obs_space, act_space = env.observation_space(agents[0]), env.action_space(agents[0])
+    for a in agents[1:]:
+        if env.observation_space(a).shape != obs_space.shape or env.action_space(a) != act_space:
+            raise ValueError("the stacked actors need agents with identical observation and action spaces")
+    discrete = hasattr(act_space, "n")
+    act_dim = int(act_space.n) if discrete else int(np.prod(act_space.shape))
+    low = None if discrete else np.asarray(act_space.low, np.float32)
+    high = None if discrete else np.asarray(act_space.high, np.float32)
+    return len(agents), int(np.prod(obs_space.shape)), act_dim, discrete, low, high
+
+
+def report_scale(env_id: str, max_steps: int) -> float:
+    """Factor from summed episode reward to the reported return: the climb games report the
+    return averaged over timesteps (section 6.2: optimal 1, sub-optimal 0.5), MPE and Swimmer the sum."""
+    return 1.0 / max_steps if env_id.startswith("climb") else 1.0
+# --- end shared ---
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------
+# --- shared: networks ---
+class StackedGRUNet(nn.Module):
+    """`num_nets` independent networks x -> Linear-ReLU -> GRU cell -> Linear, evaluated in one
+    batched pass (per-net weights stacked on dim 0, `torch.baddbmm`): n actors cost one call,
+    not a Python loop over agents. GRU equations as torch.nn.GRU (gates r, z, n)."""
+
+    def __init__(self, num_nets: int, in_dim: int, hidden_dim: int, out_dim: int):
+        super().__init__()
+
+        def linear(fan_in, fan_out):  # nn.Linear's default init, one weight per net
+            bound = 1.0 / math.sqrt(fan_in)
+            weight = nn.Parameter(torch.empty(num_nets, fan_in, fan_out).uniform_(-bound, bound))
+            bias = nn.Parameter(torch.empty(num_nets, 1, fan_out).uniform_(-bound, bound))
+            return weight, bias
+
+        self.hidden_dim = hidden_dim
+        self.w_in, self.b_in = linear(in_dim, hidden_dim)
+        self.w_ih, self.b_ih = linear(hidden_dim, 3 * hidden_dim)
+        self.w_hh, self.b_hh = linear(hidden_dim, 3 * hidden_dim)
+        self.w_out, self.b_out = linear(hidden_dim, out_dim)
+
+    def input_gates(self, x):
+        """x [nets, M, in] -> the GRU's input-side gate pre-activations [nets, M, 3H]."""
+        return torch.baddbmm(self.b_ih, F.relu(torch.baddbmm(self.b_in, x, self.w_in)), self.w_ih)
+
+    def cell(self, gates_x, h):
+        """One GRU step: gates_x [nets, M, 3H], h [nets, M, H] -> h' [nets, M, H]."""
+        gates_h = torch.baddbmm(self.b_hh, h, self.w_hh)  # [nets, M, 3H]
+        x_r, x_z, x_n = gates_x.chunk(3, dim=-1)
+        h_r, h_z, h_n = gates_h.chunk(3, dim=-1)
+        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        return (1.0 - z) * torch.tanh(x_n + r * h_n) + z * h
+
+    def head(self, h):
+        """h [nets, M, H] -> outputs [nets, M, out]."""
+        return torch.baddbmm(self.b_out, h, self.w_out)
+
+    def step(self, x, h):
+        """One step from given hidden states: x [nets, M, in], h [nets, M, H] -> (out, h')."""
+        h = self.cell(self.input_gates(x), h)
+        return self.head(h), h
+
+    def forward(self, x):
+        """Whole sequences from a zero hidden state: x [nets, B, T, in] -> (out [nets, B, T, out],
+        hs [nets, B, T, H]), hs[:, :, t] the hidden state after step t."""
+        nets, B, T, _ = x.shape
+        gates_x = self.input_gates(x.reshape(nets, B * T, -1)).reshape(nets, B, T, -1)  # [nets, B, T, 3H]
+        h = x.new_zeros(nets, B, self.hidden_dim)
+        hs = []
+        for t in range(T):  # the recurrence is the only per-step Python work; T = 1..1000
+            h = self.cell(gates_x[:, :, t], h)
+            hs.append(h)
+        hs = torch.stack(hs, dim=2)  # [nets, B, T, H]
+        return self.head(hs.reshape(nets, B * T, -1)).reshape(nets, B, T, -1), hs
+# --- end shared ---
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay buffer
+# ---------------------------------------------------------------------------------------------
+# --- shared: buffer ---
+class TrajectoryBuffer:
+    """Whole trajectories, padded to the env's max_steps T, stored on the device:
+    obs [cap, n, T+1, obs], actions [cap, n, T, act] (one-hot or in [-1, 1]), rewards, terminated,
+    mask [cap, T] (1 on real steps). Oldest trajectory overwritten first."""
+
+    def __init__(self, capacity, n, T, obs_dim, act_dim, device):
+        self.capacity, self.size, self.pos = capacity, 0, 0
+        self.obs = torch.zeros(capacity, n, T + 1, obs_dim, device=device)
+        self.actions = torch.zeros(capacity, n, T, act_dim, device=device)
+        self.rewards = torch.zeros(capacity, T, device=device)
+        self.terminated = torch.zeros(capacity, T, device=device)
+        self.mask = torch.zeros(capacity, T, device=device)
+
+    def add(self, episode, rewards=None):
+        """Store one run_episode() result; `rewards` [T] replaces the env's rewards if given."""
+        i = self.pos
+        for name in ("obs", "actions", "terminated", "mask"):
+            getattr(self, name)[i] = torch.as_tensor(episode[name])
+        self.rewards[i] = torch.as_tensor(episode["rewards"] if rewards is None else rewards)
+        self.pos, self.size = (self.pos + 1) % self.capacity, min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size, generator):
+        idx = torch.randint(self.size, (batch_size,), generator=generator).to(self.obs.device)
+        return {name: getattr(self, name)[idx] for name in ("obs", "actions", "rewards", "terminated", "mask")}
+# --- end shared ---
+
+
+# ---------------------------------------------------------------------------------------------
+# MADDPG (Lowe et al. 2017) on trajectories: acting, one episode, one update
+# ---------------------------------------------------------------------------------------------
+# --- shared: maddpg ---
+class MADDPG:
+    """n GRU actors (stacked), one centralized GRU critic over all observations and actions,
+    target copies of both, Adam; `update` is one gradient step of critic and actors."""
+
+    def __init__(self, n, obs_dim, act_dim, discrete, args, device):
+        self.n, self.act_dim, self.discrete, self.args = n, act_dim, discrete, args
+        self.actor = StackedGRUNet(n, obs_dim, args.hidden_dim, act_dim).to(device)
+        self.critic = StackedGRUNet(1, n * (obs_dim + act_dim), args.hidden_dim, 1).to(device)
+        self.target_actor, self.target_critic = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.learning_rate)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=args.learning_rate)
+
+    def policy_action(self, out, mode):
+        """Actor outputs [n, ..., act] -> actions [n, ..., act] (one-hot, or in [-1, 1]).
+        mode "train": differentiable (straight-through Gumbel-softmax / tanh); "explore": a
+        sample (Gumbel-max = categorical / tanh + Gaussian noise); "greedy": argmax / tanh."""
+        if self.discrete:
+            if mode == "greedy":
+                return F.one_hot(out.argmax(-1), self.act_dim).float()
+            # forward: a one-hot sample; backward: the softmax's gradient (straight-through)
+            return F.gumbel_softmax(out, tau=self.args.gumbel_temperature, hard=True)
+        action = torch.tanh(out)
+        if mode == "explore":
+            action = (action + self.args.exploration_noise * torch.randn_like(action)).clamp(-1.0, 1.0)
+        return action
+
+    @torch.no_grad()
+    def act(self, obs, h, mode):
+        """obs [n, obs] of one env step, h [n, 1, H] or None -> (actions [n, act], h')."""
+        if h is None:
+            h = obs.new_zeros(self.n, 1, self.args.hidden_dim)
+        out, h = self.actor.step(obs[:, None], h)  # out [n, 1, act]
+        return self.policy_action(out[:, 0], mode), h
+
+    def update(self, batch):
+        """One MADDPG step on a batch of trajectories; returns detached losses (no host sync)."""
+        args, n = self.args, self.n
+        obs = batch["obs"].transpose(0, 1)  # [n, B, T+1, obs]
+        _, B, T1, _ = obs.shape
+        T = T1 - 1
+        actions = batch["actions"].permute(0, 2, 1, 3).reshape(B, T, -1)  # [B, T, n*act]
+        joint_obs = obs.permute(1, 2, 0, 3).reshape(B, T1, -1)  # [B, T+1, n*obs]
+        mask = batch["mask"]  # [B, T]
+
+        # CRITIC: y_t = r_t + gamma (1 - terminated_t) Q'(history_t, o_{t+1}, mu'(o_{t+1}))
+        x = torch.cat([joint_obs[:, :T], actions], dim=-1)[None]  # [1, B, T, n*(obs+act)]
+        with torch.no_grad():
+            target_out, _ = self.target_actor(obs)  # [n, B, T+1, act]
+            next_actions = self.policy_action(target_out[:, :, 1:], "explore")  # [n, B, T, act]
+            next_actions = next_actions.permute(1, 2, 0, 3).reshape(B, T, -1)  # [B, T, n*act]
+            _, target_hs = self.target_critic(x)  # [1, B, T, H]: hidden after the real step t
+            x_next = torch.cat([joint_obs[:, 1:], next_actions], dim=-1)  # [B, T, n*(obs+act)]
+            # one batched GRU step from every h_t: the target critic sees the real history
+            next_q, _ = self.target_critic.step(x_next.reshape(1, B * T, -1), target_hs.reshape(1, B * T, -1))
+            next_q_value = batch["rewards"] + args.gamma * (1.0 - batch["terminated"]) * next_q.reshape(B, T)
+        q_values, critic_hs = self.critic(x)  # [1, B, T, 1], [1, B, T, H]
+        td_error = (q_values.reshape(B, T) - next_q_value) * mask
+        critic_loss = td_error.pow(2).sum() / mask.sum()
+        self.critic_optimizer.zero_grad()
+        critic_loss.backward()
+        nn.utils.clip_grad_norm_(self.critic.parameters(), args.max_grad_norm)
+        self.critic_optimizer.step()
+
+        # ACTOR: agent i's own action from its policy, the others' from the buffer (MADDPG),
+        # all n substitutions in one critic call from the critic's hidden state before step t
+        out, _ = self.actor(obs[:, :, :T])  # [n, B, T, act]
+        policy_actions = self.policy_action(out, "train")  # [n, B, T, act]
+        buffer_actions = batch["actions"].permute(0, 2, 1, 3)  # [B, T, n, act]
+        own = torch.eye(n, dtype=torch.bool, device=obs.device).reshape(n, 1, 1, n, 1)  # [n(i), 1, 1, n(j), 1]
+        joint = torch.where(own, policy_actions[:, :, :, None], buffer_actions[None])  # [n, B, T, n, act]
+        h_prev = torch.cat([critic_hs.new_zeros(1, B, 1, critic_hs.shape[-1]), critic_hs[:, :, :-1]], dim=2)
+        h_prev = h_prev.detach().expand(n, B, T, -1).reshape(1, n * B * T, -1)  # [1, n*B*T, H]
+        x_pi = torch.cat([joint_obs[None, :, :T].expand(n, B, T, -1), joint.reshape(n, B, T, -1)], dim=-1)
+        q_pi, _ = self.critic.step(x_pi.reshape(1, n * B * T, -1), h_prev)  # [1, n*B*T, 1]
+        actor_loss = -(q_pi.reshape(n, B, T) * mask).sum() / (n * mask.sum())
+        actor_loss = actor_loss + args.logit_penalty * out.pow(2).mean()
+        self.actor_optimizer.zero_grad()
+        actor_loss.backward()  # also fills the critic's grads; zeroed before its next step
+        nn.utils.clip_grad_norm_(self.actor.parameters(), args.max_grad_norm)
+        self.actor_optimizer.step()
+
+        # TARGETS: soft update
+        with torch.no_grad():
+            for net, target in ((self.actor, self.target_actor), (self.critic, self.target_critic)):
+                torch._foreach_lerp_(list(target.parameters()), list(net.parameters()), args.tau)
+        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
+                "q_value": (q_values.reshape(B, T) * mask).sum().detach() / mask.sum()}
+
+
+def run_episode(env, policy, seed, spaces):
+    """Play one episode. policy(obs [n, obs] tensor, h) -> (actions [n, act] one-hot or in
+    [-1, 1], h). Returns numpy arrays padded to T = env.max_steps: obs [n, T+1, obs],
+    actions [n, T, act], rewards, terminated, mask [T], states [T, state] (env.state() before
+    each action) and the summed reward."""
+    n, obs_dim, act_dim, discrete, low, high = spaces
+    T, agents = env.max_steps, env.possible_agents
+    ep = {"obs": np.zeros((n, T + 1, obs_dim), np.float32), "actions": np.zeros((n, T, act_dim), np.float32),
+          "rewards": np.zeros(T, np.float32), "terminated": np.zeros(T, np.float32), "mask": np.zeros(T, np.float32)}
+    states = []
+    obs, _ = env.reset(seed=seed)
+    h = None
+    for t in range(T):
+        ep["obs"][:, t] = np.stack([np.asarray(obs[a], np.float32).reshape(-1) for a in agents])
+        states.append(np.asarray(env.state(), np.float32).reshape(-1))
+        actions, h = policy(torch.as_tensor(ep["obs"][:, t]), h)
+        actions = actions.cpu().numpy()  # host sync: the env steps on the CPU
+        ep["actions"][:, t] = actions
+        if discrete:
+            env_actions = actions.argmax(-1)
+        else:  # [-1, 1] -> the Box's bounds
+            env_actions = low + (actions + 1.0) * 0.5 * (high - low)
+        obs, rewards, terminations, truncations, _ = env.step({a: env_actions[i] for i, a in enumerate(agents)})
+        ep["rewards"][t] = rewards[agents[0]]  # team reward: identical for all agents
+        ep["terminated"][t] = float(terminations[agents[0]])
+        ep["mask"][t] = 1.0
+        if terminations[agents[0]] or truncations[agents[0]]:
+            break
+    # the observation after the last step: bootstrapped from when the episode was truncated
+    ep["obs"][:, t + 1] = np.stack([np.asarray(obs[a], np.float32).reshape(-1) for a in agents])
+    ep["states"] = np.stack(states)  # [t+1, state]
+    ep["return"] = float(ep["rewards"].sum())
+    return ep
+
+
+def random_policy(spaces, rng):
+    """Uniformly random actions (Table 1's "random exploration" steps), from a seeded numpy rng."""
+    n, _, act_dim, discrete, _, _ = spaces
+
+    def policy(obs, h):
+        if discrete:
+            return F.one_hot(torch.as_tensor(rng.integers(act_dim, size=n)), act_dim).float(), h
+        return torch.as_tensor(rng.uniform(-1.0, 1.0, size=(n, act_dim)), dtype=torch.float32), h
+
+    return policy
+
+
+def learner_policy(learner, mode, device):
+    """The learner's actors as a run_episode policy (mode: "explore" or "greedy")."""
+    return lambda obs, h: learner.act(obs.to(device), h, mode)
+
+
+def evaluate(env, learner, episodes, seed, spaces, device) -> float:
+    """Mean summed reward of `episodes` greedy episodes."""
+    policy = learner_policy(learner, "greedy", device)
+    return float(np.mean([run_episode(env, policy, seed + i, spaces)["return"] for i in range(episodes)]))
+
+
+def train_steps(learner, rb, global_step, next_train, args, generator):
+    """The backbone's cadence (paper silent): once global_step >= learning_starts, one gradient
+    step on batch_size trajectories per train_frequency env steps. -> (losses or {}, next_train)."""
+    losses = {}
+    while global_step >= next_train and global_step >= args.learning_starts:
+        losses = learner.update(rb.sample(args.batch_size, generator))
+        next_train += args.train_frequency
+    return losses, next_train
+# --- end shared ---
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def setup(args: Args):
+    """(resolved args, env settings, the task to learn); ValueError (one line) on bad input."""
+    args = resolve_args(args)
+    settings = env_settings(args)
+    _, test_tasks = draw_tasks(args, settings)
+    if not 0 <= args.test_task_index < len(test_tasks):
+        raise ValueError(f"--test-task-index must be in 0..{len(test_tasks) - 1}, got {args.test_task_index}")
+    return args, settings, test_tasks[args.test_task_index]
+
+
+def main(args: Args) -> dict:
+    args, settings, task = setup(args)
+    env, eval_env = make_env(args.env_id, task, **settings), make_env(args.env_id, task, **settings)
+    spaces = env_spaces(env)
+    n, obs_dim, act_dim, discrete, _, _ = spaces
+    scale = report_scale(args.env_id, env.max_steps)
+
+    from torch.utils.tensorboard import SummaryWriter  # lazily: tests that only import need no tensorboard
+
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    writer.add_text("task", repr(task))
+
+    # seeding: one block; env resets are seeded with seed + episode index below
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    rng = np.random.default_rng(args.seed)
+    sample_generator = torch.Generator().manual_seed(args.seed)
+
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    learner = MADDPG(n, obs_dim, act_dim, discrete, args, device)
+    rb = TrajectoryBuffer(args.buffer_size, n, env.max_steps, obs_dim, act_dim, device)
+    explore_policy, warmup_policy = learner_policy(learner, "explore", device), random_policy(spaces, rng)
+
+    global_step, episode, next_train, next_eval, next_log = 0, 0, args.learning_starts, 0, 0
+    start_time, learning_start_step = None, None
+    losses = {}
+    while global_step < args.total_timesteps:
+        # COLLECT: uniformly random actions for the first learning_starts steps
+        policy = warmup_policy if global_step < args.learning_starts else explore_policy
+        ep = run_episode(env, policy, args.seed * 1_000_003 + episode, spaces)
+        rb.add(ep)
+        steps = int(ep["mask"].sum())
+        global_step, episode = global_step + steps, episode + 1
+        writer.add_scalar("charts/episodic_return", ep["return"] * scale, global_step)
+
+        # CRITIC + ACTOR
+        if start_time is None and global_step >= args.learning_starts:
+            start_time, learning_start_step = time.time(), global_step
+        new_losses, next_train = train_steps(learner, rb, global_step, next_train, args, sample_generator)
+        losses = new_losses or losses
+
+        # EVAL: greedy policy on the task
+        if global_step >= next_eval:
+            eval_return = evaluate(eval_env, learner, args.eval_episodes, 10**9 + episode, spaces, device) * scale
+            writer.add_scalar("eval/episodic_return", eval_return, global_step)
+            next_eval += args.eval_frequency
+
+        # LOG
+        if global_step >= next_log and losses:
+            for name, value in losses.items():
+                writer.add_scalar(f"losses/{name}", value.item(), global_step)  # host sync, once per log
+            sps = int((global_step - learning_start_step) / max(time.time() - start_time, 1e-9))
+            writer.add_scalar("charts/SPS", sps, global_step)
+            next_log += args.log_frequency
+
+    test_return = evaluate(eval_env, learner, args.eval_episodes, 10**9 + episode, spaces, device) * scale
+    writer.add_scalar("eval/test_return", test_return, global_step)
+    writer.close()
+    print(f"test_return={test_return:.4f}")
+    return {"test_return": test_return, "run_name": run_name, "task": task, "global_step": global_step}
+
+
+if __name__ == "__main__":
+    cli_args = tyro.cli(Args)
+    try:  # argument/config validation only: a one-line error and exit code 2, no traceback
+        setup(cli_args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    main(cli_args)

@@ -1,0 +1,793 @@
+"""MESA: meta-trained exploration policies that cover the high-reward joint state-action subspace.
+
+Paper: Zhang, Liang, Wu, Fang, "MESA: Cooperative Meta-Exploration in Multi-Agent Learning
+through Exploiting State-Action Space Structure", AAMAS 2024; section 5 (Algorithms 1 and 2,
+Eq. 5 and 6), Appendix B.2 Table 1 (hyperparameters), Appendix B.4 Table 2 ("MESA").
+The learner f is the MADDPG of `baselines/maddpg.py`, copied here in marked blocks
+(`# --- shared: NAME ---`), so `diff baselines/maddpg.py mesa_maddpg.py` shows MESA only.
+
+The method, in the order main() runs it:
+1. META-TRAINING (Algorithm 1). For each of the B training tasks, train a fresh MADDPG and keep
+   every joint state-action pair (s_t, a_t) whose reward reaches R* in the dataset M*; earlier
+   zero-reward pairs of the same trajectory that lead to such a pair join M* too, with the
+   densified reward of Eq. 5 (`relabel_rewards`). A KMeans over M* (`kmeans`, C clusters) is
+   the hash phi of the pseudo-counts (section 5.3).
+2. E exploration policies are trained one after another, each a fresh MADDPG on the training
+   tasks, rewarded by Eq. 6 (`exploration_reward`) instead of the task reward: r~ = r_hat(d*)
+   f_d(N(phi(s, a))) if the nearest element d* of M* is closer than eps, else 0, f_d(x) = 1/x^5.
+   N starts every trajectory at the global count N_hat and counts the visits of the
+   trajectory (`trajectory_pseudo_counts`); after a policy is trained, N_hat adds the visits of
+   its last batch of trajectories, so the next policy is paid only for what is still uncovered.
+   The E actors are saved (`exploration_policies.pt` in the run directory).
+3. META-TESTING (Algorithm 2). On each unseen test task a fresh MADDPG learns; every episode is
+   played, with probability eps(t) annealed from 1 to 0 (`exploration_probability`), by one
+   uniformly chosen exploration policy instead of the learner, and goes into the replay buffer.
+   `--exploration-policies PATH` skips step 1-2 and loads saved policies: meta-train once,
+   meta-test many times.
+
+Run:
+    python mesa_maddpg.py --env-id climb-multi-stage --seed 1
+Expected (paper Table 2; ours in README): test return (averaged over the 5 steps) about 0.8 on
+the multi-stage climb game, where MADDPG stays at the sub-optimal 0.5. The last line printed
+is `test_return=<float>`, the mean over the test tasks.
+
+Nondeterminism: on CPU the same seed gives identical runs (`--torch-deterministic`); on GPU,
+cuBLAS reductions may differ in the last bits between runs.
+
+Decisions where the paper is silent (ours), each next to its code:
+- budgets of Table 1 are totals: collection steps split evenly over the B training tasks,
+  meta-training steps evenly over the E exploration policies;
+- f_d(0) is undefined, so the count N includes the current visit (a first visit earns r_hat);
+- eps of Eq. 6 is an argument (default: half the distance between two joint actions that
+  differ in one agent's one-hot action, so only the same joint action in a nearby state counts);
+- M* keeps each distinct (s, a) once, with its largest r_hat;
+- eps(t) of Algorithm 2 falls linearly from 1 to 0 over `exploration_anneal_fraction` of the
+  meta-testing steps;
+- plus the backbone's decisions, listed in baselines/maddpg.py.
+"""
+
+import copy
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # repo root, for envs/
+from envs.multiagent import ENV_IDS, check_disjoint, make_env, sample_tasks  # noqa: E402
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """name of this experiment (the run directory's second field)"""
+    seed: int = 1
+    """seed of random, numpy, torch and the environments' resets"""
+    torch_deterministic: bool = True
+    """torch.backends.cudnn.deterministic and deterministic algorithms where torch has them"""
+    cuda: bool = True
+    """use CUDA when it is available"""
+    torch_threads: int = 1
+    """CPU threads of torch: these networks are tiny, one thread is fastest (more threads spin and wait)"""
+
+    # environment and tasks
+    env_id: str = "climb-multi-stage"
+    """one of climb-one-step, climb-multi-stage, mpe-climb, swimmer-climb"""
+    task_seed: int = 0
+    """seed of the task draw: which tasks are the training and which the test tasks"""
+    num_train_tasks: Optional[int] = None
+    """meta-training tasks B (None: the paper's, Table 1: 10 climb, 30 MPE and Swimmer)"""
+    num_test_tasks: Optional[int] = None
+    """meta-testing tasks, each learned by a fresh MADDPG (None: the paper's, Table 1: 5 climb, 15 MPE, 6 Swimmer)"""
+    n_agents: Optional[int] = None
+    """env setting n, climb and MPE games (None: the env's default, 2)"""
+    num_actions: Optional[int] = None
+    """env setting U: actions (climb) or landmarks (MPE) (None: the env's default, 10 climb, 5 MPE)"""
+    k: Optional[int] = None
+    """env setting k of the MPE climb game: agents needed on the target landmark (None: 2)"""
+    stages: Optional[int] = None
+    """env setting S of the multi-stage climb game (None: 5)"""
+    max_steps: Optional[int] = None
+    """env setting episode length of MPE and Swimmer (None: 100 MPE, 1000 Swimmer)"""
+
+    # MADDPG (Appendix B.2, Table 1)
+    total_timesteps: Optional[int] = None
+    """meta-testing env steps per test task (None: Table 1, 50k one-step, 100k multi-stage, 3M MPE, 2.5M Swimmer)"""
+    learning_rate: Optional[float] = None
+    """Adam learning rate of actors and critic (None: Table 1, 5e-3 climb, 1e-4 MPE and Swimmer)"""
+    batch_size: Optional[int] = None
+    """trajectories per gradient step (None: Table 1, 32 climb, 300 MPE, 8 Swimmer)"""
+    learning_starts: Optional[int] = None
+    """env steps of uniformly random actions before learning (None: Table 1, 3000 climb, 50k MPE and Swimmer)"""
+    hidden_dim: int = 64
+    """units of the GRU layer (and of the layer before it) in actors and critic (Table 1: one GRU layer, 64 units)"""
+    train_frequency: Optional[int] = None
+    """env steps between gradient steps (None: 8 one-step, 20 multi-stage, 100 MPE, 1000 Swimmer; paper silent)"""
+    buffer_size: Optional[int] = None
+    """replay capacity in trajectories (None: 5000 climb, 2000 MPE, 200 Swimmer; paper silent)"""
+    gamma: float = 0.99
+    """discount factor (paper silent)"""
+    tau: float = 0.01
+    """soft target-update rate (paper silent; the original MADDPG's 0.01)"""
+    max_grad_norm: float = 10.0
+    """gradient-norm clip of actors and critic (paper silent)"""
+    gumbel_temperature: float = 1.0
+    """temperature of the straight-through Gumbel-softmax, discrete actions (paper silent)"""
+    logit_penalty: float = 1e-3
+    """L2 penalty on the actors' logits/pre-tanh outputs (original MADDPG code; paper silent)"""
+    exploration_noise: float = 0.1
+    """std of the Gaussian action noise, continuous actions, in units of half the action range (paper silent)"""
+
+    # MESA: meta-training (section 5.1, Algorithm 1, Table 1)
+    collect_steps: Optional[int] = None
+    """MESA: high-reward collection env steps, all training tasks together (None: Table 1, 30k climb, 500k MPE, 1M Swimmer)"""
+    meta_train_steps: Optional[int] = None
+    """MESA: env steps of exploration-policy training, all E together (None: Table 1, 50k one-step, 100k multi-stage, 3M MPE and Swimmer)"""
+    num_exploration_policies: Optional[int] = None
+    """MESA: E, exploration policies (None: Table 1, 4 climb, 2 MPE (Table 1: 2-4), 2 Swimmer)"""
+    reward_threshold: float = 1.0
+    """MESA: R*, a pair with reward >= R* is high-reward (Table 1: 1 for the sparse-reward tasks)"""
+    relabel_gamma: float = 0.05
+    """MESA: gamma of the reward densification Eq. 5 (Table 1: 0.05)"""
+    count_power: float = 5.0
+    """MESA: f_d(x) = 1 / x^count_power, the count decay of Eq. 6 (Table 1: 1/x^5)"""
+    num_clusters: Optional[int] = None
+    """MESA: C, KMeans clusters of the hash phi (None: 16 climb, 64 MPE and Swimmer; paper silent)"""
+    kmeans_iterations: int = 50
+    """MESA: Lloyd iterations of the KMeans hash (paper silent)"""
+    distance_eps: Optional[float] = None
+    """MESA: eps of Eq. 6, L2 distance to M* below which a pair is rewarded (None: 0.7 climb, 0.3 MPE and Swimmer; paper silent)"""
+    max_mstar_size: int = 20_000
+    """MESA: M* is subsampled (seeded) to at most this many distinct pairs, bounding Eq. 6's nearest-neighbour cost (paper silent)"""
+    exploration_policies: Optional[str] = None
+    """MESA: path of saved exploration policies: skip meta-training and load them (None: meta-train)"""
+
+    # MESA: meta-testing (section 5.2, Algorithm 2)
+    exploration_start: float = 1.0
+    """MESA: eps(0), probability that an exploration policy plays an episode (section 5.2: annealed)"""
+    exploration_end: float = 0.0
+    """MESA: eps at and after the end of the annealing"""
+    exploration_anneal_fraction: float = 0.5
+    """MESA: fraction of the meta-testing steps over which eps falls linearly (paper silent)"""
+
+    # evaluation and logging
+    eval_frequency: Optional[int] = None
+    """env steps between greedy evaluations logged under eval/ (None: total_timesteps // 20)"""
+    eval_episodes: int = 5
+    """greedy episodes per evaluation (the climb games are deterministic: 1 would do)"""
+    log_frequency: int = 1000
+    """env steps between losses/ and charts/ logs (each log syncs the device once)"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment set-up
+# ---------------------------------------------------------------------------------------------
+# --- shared: paper-defaults ---
+PAPER_DEFAULTS = {  # Appendix B.2 Table 1, per environment; "ours" where the paper is silent
+    #                   test steps  lr     batch  random  train_freq (ours)  buffer (ours)  tasks train/test
+    "climb-one-step": dict(total_timesteps=50_000, learning_rate=5e-3, batch_size=32, learning_starts=3000,
+                           train_frequency=8, buffer_size=5000, num_train_tasks=10, num_test_tasks=5),
+    "climb-multi-stage": dict(total_timesteps=100_000, learning_rate=5e-3, batch_size=32, learning_starts=3000,
+                              train_frequency=20, buffer_size=5000, num_train_tasks=10, num_test_tasks=5),
+    "mpe-climb": dict(total_timesteps=3_000_000, learning_rate=1e-4, batch_size=300, learning_starts=50_000,
+                      train_frequency=100, buffer_size=2000, num_train_tasks=30, num_test_tasks=15),
+    "swimmer-climb": dict(total_timesteps=2_500_000, learning_rate=1e-4, batch_size=8, learning_starts=50_000,
+                          train_frequency=1000, buffer_size=200, num_train_tasks=30, num_test_tasks=6),
+}
+
+
+def resolve_args(args, *extra_defaults):
+    """A copy of args with every None hyperparameter set to the paper's value for args.env_id
+    (PAPER_DEFAULTS, then each extra {env_id: {field: value}} table); ValueError (one line,
+    naming what is valid) for an unknown env id."""
+    if args.env_id not in ENV_IDS:
+        raise ValueError(f"unknown --env-id {args.env_id!r}; valid: {', '.join(ENV_IDS)}")
+    args = copy.copy(args)
+    for table in (PAPER_DEFAULTS, *extra_defaults):
+        for name, value in table[args.env_id].items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    if args.eval_frequency is None:
+        args.eval_frequency = max(1, args.total_timesteps // 20)
+    return args
+
+
+def env_settings(args) -> dict:
+    """The env settings given on the command line, under envs.multiagent's names; the env
+    rejects (ValueError, one line) a setting it does not have or an impossible value."""
+    named = {"n": args.n_agents, "U": args.num_actions, "k": args.k, "S": args.stages, "max_steps": args.max_steps}
+    return {key: value for key, value in named.items() if value is not None}
+
+
+def draw_tasks(args, settings):
+    """(train_tasks, test_tasks) of args.task_seed, checked disjoint; ValueError (one line) on an
+    impossible setting or count (envs.multiagent checks k <= n, U >= 2, ...)."""
+    train_tasks, test_tasks = sample_tasks(args.env_id, args.num_train_tasks, args.num_test_tasks, args.task_seed, **settings)
+    check_disjoint(train_tasks, test_tasks)
+    return train_tasks, test_tasks
+
+
+def env_spaces(env):
+    """(n, obs_dim, act_dim, discrete, action_low, action_high) of a ParallelEnv whose agents
+    share one observation and one action space (true of every env in envs/)."""
+    agents = env.possible_agents
+    obs_space, act_space = env.observation_space(agents[0]), env.action_space(agents[0])
+    for a in agents[1:]:
+        if env.observation_space(a).shape != obs_space.shape or env.action_space(a) != act_space:
+            raise ValueError("the stacked actors need agents with identical observation and action spaces")
+    discrete = hasattr(act_space, "n")
+    act_dim = int(act_space.n) if discrete else int(np.prod(act_space.shape))
+    low = None if discrete else np.asarray(act_space.low, np.float32)
+    high = None if discrete else np.asarray(act_space.high, np.float32)
+    return len(agents), int(np.prod(obs_space.shape)), act_dim, discrete, low, high
+
+
+def report_scale(env_id: str, max_steps: int) -> float:
+    """Factor from summed episode reward to the reported return: the climb games report the
+    return averaged over timesteps (section 6.2: optimal 1, sub-optimal 0.5), MPE and Swimmer the sum."""
+    return 1.0 / max_steps if env_id.startswith("climb") else 1.0
+# --- end shared ---
+MESA_DEFAULTS = {  # MESA: Appendix B.2 Table 1, per environment; "ours" where the paper is silent
+    "climb-one-step": dict(collect_steps=30_000, meta_train_steps=50_000, num_exploration_policies=4,
+                           num_clusters=16, distance_eps=0.7),
+    "climb-multi-stage": dict(collect_steps=30_000, meta_train_steps=100_000, num_exploration_policies=4,
+                              num_clusters=16, distance_eps=0.7),
+    "mpe-climb": dict(collect_steps=500_000, meta_train_steps=3_000_000, num_exploration_policies=2,
+                      num_clusters=64, distance_eps=0.3),
+    "swimmer-climb": dict(collect_steps=1_000_000, meta_train_steps=3_000_000, num_exploration_policies=2,
+                          num_clusters=64, distance_eps=0.3),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------
+# --- shared: networks ---
+class StackedGRUNet(nn.Module):
+    """`num_nets` independent networks x -> Linear-ReLU -> GRU cell -> Linear, evaluated in one
+    batched pass (per-net weights stacked on dim 0, `torch.baddbmm`): n actors cost one call,
+    not a Python loop over agents. GRU equations as torch.nn.GRU (gates r, z, n)."""
+
+    def __init__(self, num_nets: int, in_dim: int, hidden_dim: int, out_dim: int):
+        super().__init__()
+
+        def linear(fan_in, fan_out):  # nn.Linear's default init, one weight per net
+            bound = 1.0 / math.sqrt(fan_in)
+            weight = nn.Parameter(torch.empty(num_nets, fan_in, fan_out).uniform_(-bound, bound))
+            bias = nn.Parameter(torch.empty(num_nets, 1, fan_out).uniform_(-bound, bound))
+            return weight, bias
+
+        self.hidden_dim = hidden_dim
+        self.w_in, self.b_in = linear(in_dim, hidden_dim)
+        self.w_ih, self.b_ih = linear(hidden_dim, 3 * hidden_dim)
+        self.w_hh, self.b_hh = linear(hidden_dim, 3 * hidden_dim)
+        self.w_out, self.b_out = linear(hidden_dim, out_dim)
+
+    def input_gates(self, x):
+        """x [nets, M, in] -> the GRU's input-side gate pre-activations [nets, M, 3H]."""
+        return torch.baddbmm(self.b_ih, F.relu(torch.baddbmm(self.b_in, x, self.w_in)), self.w_ih)
+
+    def cell(self, gates_x, h):
+        """One GRU step: gates_x [nets, M, 3H], h [nets, M, H] -> h' [nets, M, H]."""
+        gates_h = torch.baddbmm(self.b_hh, h, self.w_hh)  # [nets, M, 3H]
+        x_r, x_z, x_n = gates_x.chunk(3, dim=-1)
+        h_r, h_z, h_n = gates_h.chunk(3, dim=-1)
+        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        return (1.0 - z) * torch.tanh(x_n + r * h_n) + z * h
+
+    def head(self, h):
+        """h [nets, M, H] -> outputs [nets, M, out]."""
+        return torch.baddbmm(self.b_out, h, self.w_out)
+
+    def step(self, x, h):
+        """One step from given hidden states: x [nets, M, in], h [nets, M, H] -> (out, h')."""
+        h = self.cell(self.input_gates(x), h)
+        return self.head(h), h
+
+    def forward(self, x):
+        """Whole sequences from a zero hidden state: x [nets, B, T, in] -> (out [nets, B, T, out],
+        hs [nets, B, T, H]), hs[:, :, t] the hidden state after step t."""
+        nets, B, T, _ = x.shape
+        gates_x = self.input_gates(x.reshape(nets, B * T, -1)).reshape(nets, B, T, -1)  # [nets, B, T, 3H]
+        h = x.new_zeros(nets, B, self.hidden_dim)
+        hs = []
+        for t in range(T):  # the recurrence is the only per-step Python work; T = 1..1000
+            h = self.cell(gates_x[:, :, t], h)
+            hs.append(h)
+        hs = torch.stack(hs, dim=2)  # [nets, B, T, H]
+        return self.head(hs.reshape(nets, B * T, -1)).reshape(nets, B, T, -1), hs
+# --- end shared ---
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay buffer
+# ---------------------------------------------------------------------------------------------
+# --- shared: buffer ---
+class TrajectoryBuffer:
+    """Whole trajectories, padded to the env's max_steps T, stored on the device:
+    obs [cap, n, T+1, obs], actions [cap, n, T, act] (one-hot or in [-1, 1]), rewards, terminated,
+    mask [cap, T] (1 on real steps). Oldest trajectory overwritten first."""
+
+    def __init__(self, capacity, n, T, obs_dim, act_dim, device):
+        self.capacity, self.size, self.pos = capacity, 0, 0
+        self.obs = torch.zeros(capacity, n, T + 1, obs_dim, device=device)
+        self.actions = torch.zeros(capacity, n, T, act_dim, device=device)
+        self.rewards = torch.zeros(capacity, T, device=device)
+        self.terminated = torch.zeros(capacity, T, device=device)
+        self.mask = torch.zeros(capacity, T, device=device)
+
+    def add(self, episode, rewards=None):
+        """Store one run_episode() result; `rewards` [T] replaces the env's rewards if given."""
+        i = self.pos
+        for name in ("obs", "actions", "terminated", "mask"):
+            getattr(self, name)[i] = torch.as_tensor(episode[name])
+        self.rewards[i] = torch.as_tensor(episode["rewards"] if rewards is None else rewards)
+        self.pos, self.size = (self.pos + 1) % self.capacity, min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size, generator):
+        idx = torch.randint(self.size, (batch_size,), generator=generator).to(self.obs.device)
+        return {name: getattr(self, name)[idx] for name in ("obs", "actions", "rewards", "terminated", "mask")}
+# --- end shared ---
+
+
+# ---------------------------------------------------------------------------------------------
+# MADDPG (Lowe et al. 2017) on trajectories: acting, one episode, one update
+# ---------------------------------------------------------------------------------------------
+# --- shared: maddpg ---
+class MADDPG:
+    """n GRU actors (stacked), one centralized GRU critic over all observations and actions,
+    target copies of both, Adam; `update` is one gradient step of critic and actors."""
+
+    def __init__(self, n, obs_dim, act_dim, discrete, args, device):
+        self.n, self.act_dim, self.discrete, self.args = n, act_dim, discrete, args
+        self.actor = StackedGRUNet(n, obs_dim, args.hidden_dim, act_dim).to(device)
+        self.critic = StackedGRUNet(1, n * (obs_dim + act_dim), args.hidden_dim, 1).to(device)
+        self.target_actor, self.target_critic = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.learning_rate)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=args.learning_rate)
+
+    def policy_action(self, out, mode):
+        """Actor outputs [n, ..., act] -> actions [n, ..., act] (one-hot, or in [-1, 1]).
+        mode "train": differentiable (straight-through Gumbel-softmax / tanh); "explore": a
+        sample (Gumbel-max = categorical / tanh + Gaussian noise); "greedy": argmax / tanh."""
+        if self.discrete:
+            if mode == "greedy":
+                return F.one_hot(out.argmax(-1), self.act_dim).float()
+            # forward: a one-hot sample; backward: the softmax's gradient (straight-through)
+            return F.gumbel_softmax(out, tau=self.args.gumbel_temperature, hard=True)
+        action = torch.tanh(out)
+        if mode == "explore":
+            action = (action + self.args.exploration_noise * torch.randn_like(action)).clamp(-1.0, 1.0)
+        return action
+
+    @torch.no_grad()
+    def act(self, obs, h, mode):
+        """obs [n, obs] of one env step, h [n, 1, H] or None -> (actions [n, act], h')."""
+        if h is None:
+            h = obs.new_zeros(self.n, 1, self.args.hidden_dim)
+        out, h = self.actor.step(obs[:, None], h)  # out [n, 1, act]
+        return self.policy_action(out[:, 0], mode), h
+
+    def update(self, batch):
+        """One MADDPG step on a batch of trajectories; returns detached losses (no host sync)."""
+        args, n = self.args, self.n
+        obs = batch["obs"].transpose(0, 1)  # [n, B, T+1, obs]
+        _, B, T1, _ = obs.shape
+        T = T1 - 1
+        actions = batch["actions"].permute(0, 2, 1, 3).reshape(B, T, -1)  # [B, T, n*act]
+        joint_obs = obs.permute(1, 2, 0, 3).reshape(B, T1, -1)  # [B, T+1, n*obs]
+        mask = batch["mask"]  # [B, T]
+
+        # CRITIC: y_t = r_t + gamma (1 - terminated_t) Q'(history_t, o_{t+1}, mu'(o_{t+1}))
+        x = torch.cat([joint_obs[:, :T], actions], dim=-1)[None]  # [1, B, T, n*(obs+act)]
+        with torch.no_grad():
+            target_out, _ = self.target_actor(obs)  # [n, B, T+1, act]
+            next_actions = self.policy_action(target_out[:, :, 1:], "explore")  # [n, B, T, act]
+            next_actions = next_actions.permute(1, 2, 0, 3).reshape(B, T, -1)  # [B, T, n*act]
+            _, target_hs = self.target_critic(x)  # [1, B, T, H]: hidden after the real step t
+            x_next = torch.cat([joint_obs[:, 1:], next_actions], dim=-1)  # [B, T, n*(obs+act)]
+            # one batched GRU step from every h_t: the target critic sees the real history
+            next_q, _ = self.target_critic.step(x_next.reshape(1, B * T, -1), target_hs.reshape(1, B * T, -1))
+            next_q_value = batch["rewards"] + args.gamma * (1.0 - batch["terminated"]) * next_q.reshape(B, T)
+        q_values, critic_hs = self.critic(x)  # [1, B, T, 1], [1, B, T, H]
+        td_error = (q_values.reshape(B, T) - next_q_value) * mask
+        critic_loss = td_error.pow(2).sum() / mask.sum()
+        self.critic_optimizer.zero_grad()
+        critic_loss.backward()
+        nn.utils.clip_grad_norm_(self.critic.parameters(), args.max_grad_norm)
+        self.critic_optimizer.step()
+
+        # ACTOR: agent i's own action from its policy, the others' from the buffer (MADDPG),
+        # all n substitutions in one critic call from the critic's hidden state before step t
+        out, _ = self.actor(obs[:, :, :T])  # [n, B, T, act]
+        policy_actions = self.policy_action(out, "train")  # [n, B, T, act]
+        buffer_actions = batch["actions"].permute(0, 2, 1, 3)  # [B, T, n, act]
+        own = torch.eye(n, dtype=torch.bool, device=obs.device).reshape(n, 1, 1, n, 1)  # [n(i), 1, 1, n(j), 1]
+        joint = torch.where(own, policy_actions[:, :, :, None], buffer_actions[None])  # [n, B, T, n, act]
+        h_prev = torch.cat([critic_hs.new_zeros(1, B, 1, critic_hs.shape[-1]), critic_hs[:, :, :-1]], dim=2)
+        h_prev = h_prev.detach().expand(n, B, T, -1).reshape(1, n * B * T, -1)  # [1, n*B*T, H]
+        x_pi = torch.cat([joint_obs[None, :, :T].expand(n, B, T, -1), joint.reshape(n, B, T, -1)], dim=-1)
+        q_pi, _ = self.critic.step(x_pi.reshape(1, n * B * T, -1), h_prev)  # [1, n*B*T, 1]
+        actor_loss = -(q_pi.reshape(n, B, T) * mask).sum() / (n * mask.sum())
+        actor_loss = actor_loss + args.logit_penalty * out.pow(2).mean()
+        self.actor_optimizer.zero_grad()
+        actor_loss.backward()  # also fills the critic's grads; zeroed before its next step
+        nn.utils.clip_grad_norm_(self.actor.parameters(), args.max_grad_norm)
+        self.actor_optimizer.step()
+
+        # TARGETS: soft update
+        with torch.no_grad():
+            for net, target in ((self.actor, self.target_actor), (self.critic, self.target_critic)):
+                torch._foreach_lerp_(list(target.parameters()), list(net.parameters()), args.tau)
+        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
+                "q_value": (q_values.reshape(B, T) * mask).sum().detach() / mask.sum()}
+
+
+def run_episode(env, policy, seed, spaces):
+    """Play one episode. policy(obs [n, obs] tensor, h) -> (actions [n, act] one-hot or in
+    [-1, 1], h). Returns numpy arrays padded to T = env.max_steps: obs [n, T+1, obs],
+    actions [n, T, act], rewards, terminated, mask [T], states [T, state] (env.state() before
+    each action) and the summed reward."""
+    n, obs_dim, act_dim, discrete, low, high = spaces
+    T, agents = env.max_steps, env.possible_agents
+    ep = {"obs": np.zeros((n, T + 1, obs_dim), np.float32), "actions": np.zeros((n, T, act_dim), np.float32),
+          "rewards": np.zeros(T, np.float32), "terminated": np.zeros(T, np.float32), "mask": np.zeros(T, np.float32)}
+    states = []
+    obs, _ = env.reset(seed=seed)
+    h = None
+    for t in range(T):
+        ep["obs"][:, t] = np.stack([np.asarray(obs[a], np.float32).reshape(-1) for a in agents])
+        states.append(np.asarray(env.state(), np.float32).reshape(-1))
+        actions, h = policy(torch.as_tensor(ep["obs"][:, t]), h)
+        actions = actions.cpu().numpy()  # host sync: the env steps on the CPU
+        ep["actions"][:, t] = actions
+        if discrete:
+            env_actions = actions.argmax(-1)
+        else:  # [-1, 1] -> the Box's bounds
+            env_actions = low + (actions + 1.0) * 0.5 * (high - low)
+        obs, rewards, terminations, truncations, _ = env.step({a: env_actions[i] for i, a in enumerate(agents)})
+        ep["rewards"][t] = rewards[agents[0]]  # team reward: identical for all agents
+        ep["terminated"][t] = float(terminations[agents[0]])
+        ep["mask"][t] = 1.0
+        if terminations[agents[0]] or truncations[agents[0]]:
+            break
+    # the observation after the last step: bootstrapped from when the episode was truncated
+    ep["obs"][:, t + 1] = np.stack([np.asarray(obs[a], np.float32).reshape(-1) for a in agents])
+    ep["states"] = np.stack(states)  # [t+1, state]
+    ep["return"] = float(ep["rewards"].sum())
+    return ep
+
+
+def random_policy(spaces, rng):
+    """Uniformly random actions (Table 1's "random exploration" steps), from a seeded numpy rng."""
+    n, _, act_dim, discrete, _, _ = spaces
+
+    def policy(obs, h):
+        if discrete:
+            return F.one_hot(torch.as_tensor(rng.integers(act_dim, size=n)), act_dim).float(), h
+        return torch.as_tensor(rng.uniform(-1.0, 1.0, size=(n, act_dim)), dtype=torch.float32), h
+
+    return policy
+
+
+def learner_policy(learner, mode, device):
+    """The learner's actors as a run_episode policy (mode: "explore" or "greedy")."""
+    return lambda obs, h: learner.act(obs.to(device), h, mode)
+
+
+def evaluate(env, learner, episodes, seed, spaces, device) -> float:
+    """Mean summed reward of `episodes` greedy episodes."""
+    policy = learner_policy(learner, "greedy", device)
+    return float(np.mean([run_episode(env, policy, seed + i, spaces)["return"] for i in range(episodes)]))
+
+
+def train_steps(learner, rb, global_step, next_train, args, generator):
+    """The backbone's cadence (paper silent): once global_step >= learning_starts, one gradient
+    step on batch_size trajectories per train_frequency env steps. -> (losses or {}, next_train)."""
+    losses = {}
+    while global_step >= next_train and global_step >= args.learning_starts:
+        losses = learner.update(rb.sample(args.batch_size, generator))
+        next_train += args.train_frequency
+    return losses, next_train
+# --- end shared ---
+
+
+# ---------------------------------------------------------------------------------------------
+# MESA's equations (section 5)
+# ---------------------------------------------------------------------------------------------
+def relabel_rewards(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Eq. 5, reward densification within one trajectory: rewards [..., T] -> r_hat [..., T],
+    r_hat_t = r_t if r_t > 0, else gamma^(t' - t) r_t' with t' the first later step with
+    r_t' > 0, and 0 if there is none (paper silent on that case). A reward <= 0 counts as the
+    zero case (the paper's rewards are >= 0)."""
+    r_hat = torch.zeros_like(rewards)
+    carry = torch.zeros_like(rewards[..., 0])  # gamma^(t' - t) r_t' seen from step t
+    for t in range(rewards.shape[-1] - 1, -1, -1):
+        positive = rewards[..., t] > 0
+        carry = torch.where(positive, rewards[..., t], gamma * carry)
+        r_hat[..., t] = carry
+    return r_hat
+
+
+def high_reward_pairs(features: torch.Tensor, rewards: torch.Tensor, threshold: float, gamma: float):
+    """Section 5.1.1 / Algorithm 1 line 5: the pairs of one trajectory that join M*.
+    features [T, D] (joint state-action vectors), rewards [T] -> (features [m, D], r_hat [m]):
+    the valuable pairs (r_t >= R*) and, by Eq. 5, the earlier pairs that lead to one.
+    Trap: Eq. 5 relabels towards any later r > 0, but only a *valuable* later pair earns a
+    zero-reward pair its place in M* (5.1.1: "leads to a valuable state-action pair"), so the
+    rewards below R* are zeroed before relabeling."""
+    valuable = torch.where(rewards >= threshold, rewards, torch.zeros_like(rewards))  # [T]
+    r_hat = relabel_rewards(valuable, gamma)  # [T]
+    keep = r_hat > 0
+    return features[keep], r_hat[keep]
+
+
+def state_action_features(states: np.ndarray, actions: np.ndarray) -> torch.Tensor:
+    """The joint state-action vector (s_t, a_t) of M*, the hash and the distance of Eq. 6:
+    states [T, S] (env.state()), actions [n, T, A] -> [T, S + n*A]."""
+    T = states.shape[0]
+    joint_actions = np.transpose(actions[:, :T], (1, 0, 2)).reshape(T, -1)  # [T, n*A]
+    return torch.as_tensor(np.concatenate([states, joint_actions], axis=1))
+
+
+def kmeans(points: torch.Tensor, num_clusters: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
+    """The hash phi of section 5.3: Lloyd's KMeans over M*. points [M, D] -> centroids [C', D],
+    C' = min(C, M). Seeded initialisation on C' distinct points; an empty cluster keeps its centroid."""
+    num_clusters = min(num_clusters, points.shape[0])
+    centroids = points[torch.randperm(points.shape[0], generator=generator)[:num_clusters]].clone()  # [C', D]
+    for _ in range(iterations):
+        assignment = torch.cdist(points, centroids).argmin(dim=1)  # [M]
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, points)  # [C', D]
+        sizes = torch.bincount(assignment, minlength=num_clusters).unsqueeze(1)  # [C', 1]
+        centroids = torch.where(sizes > 0, sums / sizes.clamp(min=1), centroids)
+    return centroids
+
+
+def hash_pairs(features: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """phi(s, a): features [T, D] -> cluster index [T] of the nearest centroid."""
+    return torch.cdist(features, centroids).argmin(dim=1)
+
+
+def trajectory_pseudo_counts(clusters: torch.Tensor, global_counts: torch.Tensor) -> torch.Tensor:
+    """Algorithm 1 lines 10 and 15: N := N_hat at the start of the trajectory, then
+    N(phi(s_t, a_t)) += 1 at every step. clusters [T], global_counts N_hat [C] -> N [T], the
+    count of step t's cluster *including* step t (f_d(0) = 1/0 is undefined; paper silent)."""
+    visits = F.one_hot(clusters, global_counts.shape[0]).cumsum(dim=0)  # [T, C]: visits up to t
+    return global_counts[clusters] + visits.gather(1, clusters[:, None]).squeeze(1)  # [T]
+
+
+def count_decay(counts: torch.Tensor, power: float) -> torch.Tensor:
+    """f_d of Eq. 6: a decreasing map N -> [0, 1], f_d(x) = 1 / x^power (Table 1: power 5)."""
+    return counts.float().pow(-power)
+
+
+def exploration_reward(features, mstar_features, mstar_rewards, counts, eps: float, power: float):
+    """Eq. 6: r~_t = r_hat(d*) f_d(N(phi(s_t, a_t))) if ||(s_t, a_t) - d*||_2 < eps, else 0,
+    with d* the element of M* nearest to (s_t, a_t) and r_hat(d*) its (Eq. 5) reward.
+    features [T, D], mstar_features [M, D], mstar_rewards [M], counts N [T] -> [T]."""
+    distance, nearest = torch.cdist(features, mstar_features).min(dim=1)  # [T], [T]
+    return mstar_rewards[nearest] * count_decay(counts, power) * (distance < eps).float()
+
+
+def exploration_probability(step: int, total: int, start: float, end: float, anneal_fraction: float) -> float:
+    """eps(t) of Algorithm 2: probability that an exploration policy plays the next episode;
+    linear from `start` to `end` over the first anneal_fraction * total steps (paper: "annealing")."""
+    progress = min(step / max(anneal_fraction * total, 1.0), 1.0)
+    return start + progress * (end - start)
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def setup(args: Args):
+    """(resolved args, env settings, training tasks, test tasks); ValueError (one line) on bad input."""
+    args = resolve_args(args, MESA_DEFAULTS)
+    settings = env_settings(args)
+    train_tasks, test_tasks = draw_tasks(args, settings)
+    if args.num_train_tasks < 1 or args.num_test_tasks < 1 or args.num_exploration_policies < 1:
+        raise ValueError("--num-train-tasks, --num-test-tasks and --num-exploration-policies must be >= 1")
+    return args, settings, train_tasks, test_tasks
+
+
+def main(args: Args) -> dict:
+    args, settings, train_tasks, test_tasks = setup(args)
+    train_envs = [make_env(args.env_id, task, **settings) for task in train_tasks]
+    spaces = env_spaces(train_envs[0])
+    n, obs_dim, act_dim, discrete, _, _ = spaces
+    T = train_envs[0].max_steps
+    scale = report_scale(args.env_id, T)
+
+    from torch.utils.tensorboard import SummaryWriter  # lazily: tests that only import need no tensorboard
+
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    writer.add_text("tasks", f"train: {train_tasks!r}\n\ntest: {test_tasks!r}")
+
+    # seeding: one block; env resets are seeded with seed + episode index below
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    rng = np.random.default_rng(args.seed)
+    sample_generator = torch.Generator().manual_seed(args.seed)
+
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    episode = 0  # counts every episode of every phase: the env reset seeds
+    warmup_policy = random_policy(spaces, rng)
+
+    if args.exploration_policies is None:
+        # ================= META-TRAINING (Algorithm 1) =================
+        # HIGH-REWARD DATASET M* (5.1.1; Algorithm 1 lines 2-6): a fresh MADDPG per training task
+        steps_per_task = args.collect_steps // args.num_train_tasks
+        mstar_features, mstar_rewards = [], []
+        for i, env in enumerate(train_envs):
+            learner = MADDPG(n, obs_dim, act_dim, discrete, args, device)
+            rb = TrajectoryBuffer(args.buffer_size, n, T, obs_dim, act_dim, device)
+            explore_policy = learner_policy(learner, "explore", device)
+            task_step, next_train = 0, args.learning_starts
+            while task_step < steps_per_task:
+                # COLLECT
+                policy = warmup_policy if task_step < args.learning_starts else explore_policy
+                ep = run_episode(env, policy, args.seed * 1_000_003 + episode, spaces)
+                rb.add(ep)
+                episode += 1
+                steps = int(ep["mask"].sum())
+                # M*: valuable pairs and, by Eq. 5, the pairs that lead to them
+                pairs, r_hat = high_reward_pairs(state_action_features(ep["states"], ep["actions"]),
+                                                 torch.as_tensor(ep["rewards"][:steps]), args.reward_threshold,
+                                                 args.relabel_gamma)
+                mstar_features.append(pairs)
+                mstar_rewards.append(r_hat)
+                # CRITIC + ACTOR
+                task_step += steps
+                _, next_train = train_steps(learner, rb, task_step, next_train, args, sample_generator)
+            writer.add_scalar("charts/collect_return", evaluate(env, learner, 1, 10**9 + episode, spaces, device) * scale, i)
+        mstar_features, mstar_rewards = torch.cat(mstar_features), torch.cat(mstar_rewards)  # [M, D], [M]
+        if mstar_features.shape[0] == 0:
+            raise RuntimeError("M* is empty: no training-task episode reached R*; raise --collect-steps")
+        # one copy per distinct pair, with its largest r_hat (paper silent)
+        mstar_features, inverse = torch.unique(mstar_features, dim=0, return_inverse=True)
+        mstar_rewards = torch.zeros(mstar_features.shape[0]).scatter_reduce(0, inverse, mstar_rewards, "amax")
+        if mstar_features.shape[0] > args.max_mstar_size:
+            keep = torch.randperm(mstar_features.shape[0], generator=sample_generator)[: args.max_mstar_size]
+            mstar_features, mstar_rewards = mstar_features[keep], mstar_rewards[keep]
+        writer.add_scalar("charts/mstar_size", mstar_features.shape[0], 0)
+
+        # HASH phi (5.3): KMeans over M*
+        centroids = kmeans(mstar_features, args.num_clusters, args.kmeans_iterations, sample_generator)  # [C, D]
+        global_counts = torch.zeros(centroids.shape[0])  # N_hat [C]
+
+        # EXPLORATION POLICIES (5.1.2; Algorithm 1 lines 7-20), trained one after another
+        steps_per_policy = args.meta_train_steps // args.num_exploration_policies
+        exploration_actors = []
+        for e in range(args.num_exploration_policies):
+            learner = MADDPG(n, obs_dim, act_dim, discrete, args, device)
+            rb = TrajectoryBuffer(args.buffer_size, n, T, obs_dim, act_dim, device)
+            explore_policy = learner_policy(learner, "explore", device)
+            last_batch = []  # clusters visited by the latest batch_size trajectories
+            policy_step, next_train, next_log = 0, args.learning_starts, 0
+            losses = {}
+            while policy_step < steps_per_policy:
+                # COLLECT on a uniformly drawn training task
+                env = train_envs[rng.integers(len(train_envs))]
+                policy = warmup_policy if policy_step < args.learning_starts else explore_policy
+                ep = run_episode(env, policy, args.seed * 1_000_003 + episode, spaces)
+                episode += 1
+                steps = int(ep["mask"].sum())
+
+                # EXPLORATION REWARD (Eq. 6) replaces the task reward
+                features = state_action_features(ep["states"], ep["actions"])  # [steps, D]
+                clusters = hash_pairs(features, centroids)  # [steps]
+                counts = trajectory_pseudo_counts(clusters, global_counts)  # [steps]
+                reward = torch.zeros(T)
+                reward[:steps] = exploration_reward(features, mstar_features, mstar_rewards, counts,
+                                                    args.distance_eps, args.count_power)
+                rb.add(ep, rewards=reward)
+                last_batch = (last_batch + [clusters])[-args.batch_size:]
+
+                # CRITIC + ACTOR
+                policy_step += steps
+                new_losses, next_train = train_steps(learner, rb, policy_step, next_train, args, sample_generator)
+                losses = new_losses or losses
+
+                # LOG
+                if policy_step >= next_log:
+                    writer.add_scalar(f"charts/exploration_reward_policy{e}", float(reward.sum()), policy_step)
+                    writer.add_scalar(f"charts/task_return_policy{e}", ep["return"] * scale, policy_step)
+                    for name, value in losses.items():
+                        writer.add_scalar(f"losses/{name}_policy{e}", value.item(), policy_step)  # host sync, once per log
+                    next_log += args.log_frequency
+            # N_hat += visitation counts of the policy's last batch (Algorithm 1 line 19)
+            global_counts += torch.bincount(torch.cat(last_batch), minlength=global_counts.shape[0]).float()
+            writer.add_scalar("charts/clusters_covered", int((global_counts > 0).sum()), e)
+            exploration_actors.append(copy.deepcopy(learner.actor.state_dict()))
+        policies_path = f"runs/{run_name}/exploration_policies.pt"
+        torch.save({"env_id": args.env_id, "settings": settings, "spaces": spaces[:4], "hidden_dim": args.hidden_dim,
+                    "actors": exploration_actors}, policies_path)
+    else:
+        policies_path = args.exploration_policies
+        saved = torch.load(policies_path, map_location=device, weights_only=False)
+        if saved["env_id"] != args.env_id or tuple(saved["spaces"]) != tuple(spaces[:4]) or saved["hidden_dim"] != args.hidden_dim:
+            raise ValueError(f"{policies_path} holds policies of {saved['env_id']} {saved['spaces']}, hidden "
+                             f"{saved['hidden_dim']}; this run is {args.env_id} {spaces[:4]}, hidden {args.hidden_dim}")
+        exploration_actors = saved["actors"]
+    explorers = []
+    for state_dict in exploration_actors:
+        explorer = MADDPG(n, obs_dim, act_dim, discrete, args, device)
+        explorer.actor.load_state_dict(state_dict)
+        explorers.append(learner_policy(explorer, "explore", device))
+
+    # ================= META-TESTING (Algorithm 2) =================
+    test_returns = []
+    for j, task in enumerate(test_tasks):
+        env, eval_env = make_env(args.env_id, task, **settings), make_env(args.env_id, task, **settings)
+        learner = MADDPG(n, obs_dim, act_dim, discrete, args, device)
+        rb = TrajectoryBuffer(args.buffer_size, n, T, obs_dim, act_dim, device)
+        explore_policy = learner_policy(learner, "explore", device)
+        global_step, next_train, next_eval, next_log = 0, args.learning_starts, 0, 0
+        start_time, learning_start_step = None, None
+        losses = {}
+        while global_step < args.total_timesteps:
+            # COLLECT: with probability eps(t) a uniformly chosen exploration policy plays the episode
+            eps = exploration_probability(global_step, args.total_timesteps, args.exploration_start,
+                                          args.exploration_end, args.exploration_anneal_fraction)
+            if rng.random() < eps:
+                policy = explorers[rng.integers(len(explorers))]
+            else:
+                policy = warmup_policy if global_step < args.learning_starts else explore_policy
+            ep = run_episode(env, policy, args.seed * 1_000_003 + episode, spaces)
+            rb.add(ep)
+            steps = int(ep["mask"].sum())
+            global_step, episode = global_step + steps, episode + 1
+            writer.add_scalar(f"charts/episodic_return_task{j}", ep["return"] * scale, global_step)
+
+            # CRITIC + ACTOR
+            if start_time is None and global_step >= args.learning_starts:
+                start_time, learning_start_step = time.time(), global_step
+            new_losses, next_train = train_steps(learner, rb, global_step, next_train, args, sample_generator)
+            losses = new_losses or losses
+
+            # EVAL: greedy policy on the test task
+            if global_step >= next_eval:
+                eval_return = evaluate(eval_env, learner, args.eval_episodes, 10**9 + episode, spaces, device) * scale
+                writer.add_scalar(f"eval/episodic_return_task{j}", eval_return, global_step)
+                next_eval += args.eval_frequency
+
+            # LOG
+            if global_step >= next_log and losses:
+                writer.add_scalar(f"charts/exploration_probability_task{j}", eps, global_step)
+                for name, value in losses.items():
+                    writer.add_scalar(f"losses/{name}_task{j}", value.item(), global_step)  # host sync, once per log
+                sps = int((global_step - learning_start_step) / max(time.time() - start_time, 1e-9))
+                writer.add_scalar("charts/SPS", sps, global_step)
+                next_log += args.log_frequency
+        test_returns.append(evaluate(eval_env, learner, args.eval_episodes, 10**9 + episode, spaces, device) * scale)
+        writer.add_scalar("eval/test_return_per_task", test_returns[-1], j)
+
+    test_return = float(np.mean(test_returns))
+    writer.add_scalar("eval/test_return", test_return, 0)
+    writer.close()
+    print(f"test_return={test_return:.4f}")
+    return {"test_return": test_return, "test_returns": test_returns, "run_name": run_name,
+            "exploration_policies": policies_path, "test_tasks": test_tasks}
+
+
+if __name__ == "__main__":
+    cli_args = tyro.cli(Args)
+    try:  # argument/config validation only: a one-line error and exit code 2, no traceback
+        setup(cli_args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    main(cli_args)
