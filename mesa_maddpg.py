@@ -431,6 +431,16 @@ class MADDPG:
                 "q_value": (q_values.reshape(B, T) * mask).sum().detach() / mask.sum()}
 
 
+def seed_everything(seed, torch_deterministic):
+    """Seed random, numpy and torch (network init, Gumbel and Gaussian noise); returns the numpy
+    rng of uniformly random actions and task choices and the torch generator of replay sampling."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+    return np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+
+
 def run_episode(env, policy, seed, spaces):
     """Play one episode. policy(obs [n, obs] tensor, h) -> (actions [n, act] one-hot or in
     [-1, 1], h). Returns numpy arrays padded to T = env.max_steps: obs [n, T+1, obs],
@@ -612,13 +622,8 @@ def main(args: Args) -> dict:
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     writer.add_text("tasks", f"train: {train_tasks!r}\n\ntest: {test_tasks!r}")
 
-    # seeding: one block; env resets are seeded with seed + episode index below
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    rng = np.random.default_rng(args.seed)
-    sample_generator = torch.Generator().manual_seed(args.seed)
+    # seeding: one block; env resets are seeded with seed and the episode index below
+    rng, sample_generator = seed_everything(args.seed, args.torch_deterministic)
 
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
@@ -654,8 +659,9 @@ def main(args: Args) -> dict:
                 _, next_train = train_steps(learner, rb, task_step, next_train, args, sample_generator)
             writer.add_scalar("charts/collect_return", evaluate(env, learner, 1, 10**9 + episode, spaces, device) * scale, i)
         mstar_features, mstar_rewards = torch.cat(mstar_features), torch.cat(mstar_rewards)  # [M, D], [M]
-        if mstar_features.shape[0] == 0:
-            raise RuntimeError("M* is empty: no training-task episode reached R*; raise --collect-steps")
+        if mstar_features.shape[0] == 0:  # then one pair of reward 0 stands in: Eq. 6 pays nothing
+            print("warning: M* is empty (no training episode reached R*): raise --collect-steps", file=sys.stderr)
+            mstar_features, mstar_rewards = torch.zeros(1, mstar_features.shape[1]), torch.zeros(1)
         # one copy per distinct pair, with its largest r_hat (paper silent)
         mstar_features, inverse = torch.unique(mstar_features, dim=0, return_inverse=True)
         mstar_rewards = torch.zeros(mstar_features.shape[0]).scatter_reduce(0, inverse, mstar_rewards, "amax")
@@ -722,13 +728,15 @@ def main(args: Args) -> dict:
             raise ValueError(f"{policies_path} holds policies of {saved['env_id']} {saved['spaces']}, hidden "
                              f"{saved['hidden_dim']}; this run is {args.env_id} {spaces[:4]}, hidden {args.hidden_dim}")
         exploration_actors = saved["actors"]
+    # ================= META-TESTING (Algorithm 2) =================
+    # MESA: reseed, so meta-testing is the same run whether the policies were just trained or loaded
+    rng, sample_generator = seed_everything(args.seed + 1, args.torch_deterministic)
+    warmup_policy, episode = random_policy(spaces, rng), 0
     explorers = []
     for state_dict in exploration_actors:
         explorer = MADDPG(n, obs_dim, act_dim, discrete, args, device)
         explorer.actor.load_state_dict(state_dict)
         explorers.append(learner_policy(explorer, "explore", device))
-
-    # ================= META-TESTING (Algorithm 2) =================
     test_returns = []
     for j, task in enumerate(test_tasks):
         env, eval_env = make_env(args.env_id, task, **settings), make_env(args.env_id, task, **settings)

@@ -376,6 +376,16 @@ class MADDPG:
                 "q_value": (q_values.reshape(B, T) * mask).sum().detach() / mask.sum()}
 
 
+def seed_everything(seed, torch_deterministic):
+    """Seed random, numpy and torch (network init, Gumbel and Gaussian noise); returns the numpy
+    rng of uniformly random actions and task choices and the torch generator of replay sampling."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+    return np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+
+
 def run_episode(env, policy, seed, spaces):
     """Play one episode. policy(obs [n, obs] tensor, h) -> (actions [n, act] one-hot or in
     [-1, 1], h). Returns numpy arrays padded to T = env.max_steps: obs [n, T+1, obs],
@@ -472,13 +482,8 @@ def main(args: Args) -> dict:
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     writer.add_text("task", repr(task))
 
-    # seeding: one block; env resets are seeded with seed + episode index below
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    rng = np.random.default_rng(args.seed)
-    sample_generator = torch.Generator().manual_seed(args.seed)
+    # seeding: one block; env resets are seeded with seed and the episode index below
+    rng, sample_generator = seed_everything(args.seed, args.torch_deterministic)
 
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")

@@ -1,0 +1,220 @@
+"""Tests of mesa_maddpg.py and baselines/maddpg.py: MESA's equations on hand-worked values,
+the shared blocks, smoke runs on every environment (main() and the command line), seeding,
+saving/loading exploration policies, bad input, and one learning test on the multi-stage
+climb game. Run: /work/venv/bin/pytest tests/test_mesa.py -q (about 4 minutes on 2 cores)."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+
+
+def load(path, name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+mesa = load("mesa_maddpg.py", "mesa_maddpg")
+maddpg = load("baselines/maddpg.py", "baselines_maddpg")
+
+
+# ----------------------------------------------------------------------------- Eq. 5
+def test_relabel_rewards_hand_worked():
+    g = 0.05
+    # positive steps keep their reward; zero steps before one get gamma^(t'-t) r_t'
+    r = torch.tensor([0.0, 0.0, 1.0])
+    assert torch.allclose(mesa.relabel_rewards(r, g), torch.tensor([0.0025, 0.05, 1.0]))
+    # the *first* later positive step counts, not the largest
+    r = torch.tensor([0.0, 0.5, 0.0, 1.0])
+    assert torch.allclose(mesa.relabel_rewards(r, g), torch.tensor([0.025, 0.5, 0.05, 1.0]))
+    # zeros after the last positive step stay 0 (no t' exists)
+    r = torch.tensor([1.0, 0.0, 0.0])
+    assert torch.allclose(mesa.relabel_rewards(r, g), torch.tensor([1.0, 0.0, 0.0]))
+    # all zeros, a single step, and a batch [B, T] relabeled row by row
+    assert torch.equal(mesa.relabel_rewards(torch.zeros(4), g), torch.zeros(4))
+    assert torch.equal(mesa.relabel_rewards(torch.tensor([0.7]), g), torch.tensor([0.7]))
+    batch = torch.tensor([[0.0, 2.0], [0.0, 0.0]])
+    assert torch.allclose(mesa.relabel_rewards(batch, g), torch.tensor([[0.1, 2.0], [0.0, 0.0]]))
+
+
+def test_high_reward_pairs_keep_valuable_and_relabeled():
+    features = torch.arange(10.0).reshape(5, 2)  # [T=5, D=2]
+    # R* = 1: step 3 is valuable; steps 0 and 2 lead to it (the 0.5 at step 1 is not valuable,
+    # so it is zeroed first and relabeled like a zero step); step 4 leads nowhere
+    rewards = torch.tensor([0.0, 0.5, 0.0, 1.0, 0.0])
+    pairs, r_hat = mesa.high_reward_pairs(features, rewards, threshold=1.0, gamma=0.05)
+    assert torch.equal(pairs, features[:4])
+    assert torch.allclose(r_hat, torch.tensor([0.05**3, 0.05**2, 0.05, 1.0]))
+    pairs, r_hat = mesa.high_reward_pairs(features, torch.full((5,), 0.5), threshold=1.0, gamma=0.05)
+    assert pairs.shape == (0, 2) and r_hat.shape == (0,)
+
+
+# ----------------------------------------------------------------------------- counts and Eq. 6
+def test_trajectory_pseudo_counts_start_at_global_and_include_current_visit():
+    global_counts = torch.tensor([2.0, 0.0, 5.0])  # N_hat [C=3]
+    clusters = torch.tensor([0, 1, 0, 0, 2])
+    assert torch.equal(mesa.trajectory_pseudo_counts(clusters, global_counts), torch.tensor([3.0, 1.0, 4.0, 5.0, 6.0]))
+    # N = 1 trajectory step, N_hat = 0: the first visit counts 1, so f_d = 1
+    assert torch.equal(mesa.trajectory_pseudo_counts(torch.tensor([1]), torch.zeros(3)), torch.tensor([1.0]))
+
+
+def test_count_decay_is_one_over_x_to_the_fifth():
+    assert torch.allclose(mesa.count_decay(torch.tensor([1.0, 2.0, 3.0]), 5.0), torch.tensor([1.0, 1 / 32, 1 / 243]))
+
+
+def test_exploration_reward_on_hand_made_mstar():
+    mstar = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]])  # M* [3, D=2]
+    mstar_r_hat = torch.tensor([1.0, 0.05, 1.0])
+    features = torch.tensor([[0.0, 0.1], [1.0, 0.2], [5.0, 5.0], [0.0, 2.6]])  # [T=4, 2]
+    counts = torch.tensor([1.0, 2.0, 1.0, 3.0])
+    reward = mesa.exploration_reward(features, mstar, mstar_r_hat, counts, eps=0.5, power=5.0)
+    # step 0: nearest d* = [0, 0] at 0.1 < eps, r_hat 1, f_d(1) = 1 -> 1
+    # step 1: nearest [1, 0] at 0.2, r_hat 0.05, f_d(2) = 1/32 -> 0.0015625
+    # step 2: nearest [0, 3] at ~5.39 >= eps -> 0
+    # step 3: nearest [0, 3] at 0.4, r_hat 1, f_d(3) = 1/243
+    assert torch.allclose(reward, torch.tensor([1.0, 0.05 / 32, 0.0, 1 / 243]))
+    # exactly eps away is outside (strict <, Eq. 6)
+    assert mesa.exploration_reward(torch.tensor([[0.5, 0.0]]), mstar[:1], mstar_r_hat[:1], torch.ones(1), 0.5, 5.0) == 0
+
+
+def test_pseudo_count_and_eq6_together_decay_within_a_trajectory():
+    # M* = two joint actions of a one-state game; the hash puts each in its own cluster
+    mstar = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
+    centroids = mesa.kmeans(mstar, 2, 10, torch.Generator().manual_seed(0))
+    trajectory = mstar[[0, 0, 1, 0]]  # [T=4, D]: visits cluster of pair 0 three times
+    clusters = mesa.hash_pairs(trajectory, centroids)
+    global_counts = torch.zeros(2)
+    global_counts[clusters[2]] = 1.0  # an earlier policy covered pair 1 once
+    counts = mesa.trajectory_pseudo_counts(clusters, global_counts)
+    assert torch.equal(counts, torch.tensor([1.0, 2.0, 2.0, 3.0]))
+    reward = mesa.exploration_reward(trajectory, mstar, torch.ones(2), counts, eps=0.7, power=5.0)
+    assert torch.allclose(reward, torch.tensor([1.0, 1 / 32, 1 / 32, 1 / 243]))
+
+
+def test_kmeans_separates_blobs_and_clamps_clusters():
+    gen = torch.Generator().manual_seed(0)
+    blob = torch.randn(50, 2, generator=gen) * 0.05
+    points = torch.cat([blob + torch.tensor([5.0, 5.0]), blob - torch.tensor([5.0, 5.0])])
+    centroids = mesa.kmeans(points, 2, 20, torch.Generator().manual_seed(1))
+    centroids = centroids[centroids[:, 0].argsort()]
+    assert torch.allclose(centroids, torch.tensor([[-5.0, -5.0], [5.0, 5.0]]) + blob.mean(0), atol=1e-4)
+    assert mesa.kmeans(points[:3], 8, 5, torch.Generator().manual_seed(0)).shape == (3, 2)  # C > M
+    assert torch.equal(mesa.hash_pairs(points[:2], centroids), torch.tensor([1, 1]))
+
+
+def test_exploration_probability_anneals_linearly():
+    p = lambda step: mesa.exploration_probability(step, 1000, 1.0, 0.0, 0.5)  # noqa: E731
+    assert p(0) == 1.0 and p(250) == 0.5 and p(500) == 0.0 and p(900) == 0.0
+
+
+# ----------------------------------------------------------------------------- shared blocks
+def shared_blocks(path):
+    text = open(os.path.join(ROOT, path)).read()
+    return {name: block for block, name in re.findall(r"(# --- shared: ([\w-]+) ---\n.*?# --- end shared ---\n)", text, re.S)}
+
+
+def test_shared_blocks_identical():
+    base, copy_ = shared_blocks("baselines/maddpg.py"), shared_blocks("mesa_maddpg.py")
+    assert set(base) == {"paper-defaults", "networks", "buffer", "maddpg"}
+    assert set(copy_) == set(base)
+    for name in base:
+        assert copy_[name] == base[name], f"shared block {name!r} differs: fix both copies"
+
+
+# ----------------------------------------------------------------------------- smoke runs
+TINY = {  # per env: budgets that run in seconds but go through every phase (learning starts early)
+    "climb-one-step": dict(total_timesteps=200, learning_starts=50, batch_size=8),
+    "climb-multi-stage": dict(total_timesteps=200, learning_starts=50, batch_size=8),
+    "mpe-climb": dict(total_timesteps=60, learning_starts=20, batch_size=2, max_steps=10, train_frequency=10),
+    "swimmer-climb": dict(total_timesteps=60, learning_starts=20, batch_size=2, max_steps=20, train_frequency=20),
+}
+TINY_MESA = dict(collect_steps=200, meta_train_steps=200, num_train_tasks=2, num_test_tasks=1, num_exploration_policies=2)
+
+
+def tiny_args(module, env_id, tmp_path, **extra):
+    kwargs = {**TINY[env_id], "eval_episodes": 1, "cuda": False}
+    if module is mesa:
+        kwargs.update(TINY_MESA)
+        if env_id in ("mpe-climb", "swimmer-climb"):
+            kwargs.update(collect_steps=60, meta_train_steps=80, reward_threshold=0.5)
+    else:
+        kwargs.update(num_train_tasks=2, num_test_tasks=1)
+    kwargs.update(extra)
+    return replace(module.Args(env_id=env_id), **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs/ goes to the test's directory
+
+
+@pytest.mark.parametrize("env_id", ["climb-one-step", "climb-multi-stage", "mpe-climb", "swimmer-climb"])
+def test_smoke_main_every_env(env_id, tmp_path, capsys):
+    for module in (maddpg, mesa):
+        result = module.main(tiny_args(module, env_id, tmp_path))
+        assert isinstance(result["test_return"], float)
+        assert capsys.readouterr().out.strip().splitlines()[-1] == f"test_return={result['test_return']:.4f}"
+    assert any(name.startswith(f"{env_id}__mesa_maddpg__1__") for name in os.listdir("runs"))
+
+
+@pytest.mark.parametrize("script", ["baselines/maddpg.py", "mesa_maddpg.py"])
+def test_command_line(script, tmp_path):
+    cmd = [PYTHON, os.path.join(ROOT, script), "--env-id", "climb-multi-stage", "--total-timesteps", "100",
+           "--learning-starts", "50", "--batch-size", "4", "--num-train-tasks", "2", "--num-test-tasks", "1",
+           "--eval-episodes", "1", "--no-cuda"]
+    if script == "mesa_maddpg.py":
+        cmd += ["--collect-steps", "100", "--meta-train-steps", "100", "--num-exploration-policies", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert re.fullmatch(r"test_return=-?\d+\.\d+", out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--env-id", "pong"], "valid: climb-one-step, climb-multi-stage, mpe-climb, swimmer-climb"),
+    (["--env-id", "mpe-climb", "--k", "3"], "k"),  # k > n = 2
+    (["--env-id", "climb-one-step", "--num-actions", "1"], "U"),  # U < 2
+    (["--env-id", "climb-one-step", "--num-train-tasks", "18", "--num-test-tasks", "5"], "distinct tasks"),
+    (["--env-id", "climb-one-step", "--stages", "3"], "valid settings"),  # S is not a one-step setting
+])
+@pytest.mark.parametrize("script", ["baselines/maddpg.py", "mesa_maddpg.py"])
+def test_bad_input_one_line_error(script, bad, message):
+    out = subprocess.run([PYTHON, os.path.join(ROOT, script), *bad], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_test_task_that_is_a_training_task_is_refused(monkeypatch):
+    tasks, _ = maddpg.sample_tasks("climb-one-step", 3, 0, 0)
+    for module in (maddpg, mesa):
+        monkeypatch.setattr(module, "sample_tasks", lambda *a, **k: (tasks, tasks[:1]))
+        with pytest.raises(ValueError, match="test tasks must differ from the training tasks"):
+            module.setup(module.Args(env_id="climb-one-step"))
+
+
+def test_same_seed_same_results_and_saved_policies_reload(tmp_path):
+    first = mesa.main(tiny_args(mesa, "climb-multi-stage", tmp_path))
+    second = mesa.main(tiny_args(mesa, "climb-multi-stage", tmp_path))
+    assert first["test_returns"] == second["test_returns"]
+    a, b = torch.load(first["exploration_policies"]), torch.load(second["exploration_policies"])
+    for actor_a, actor_b in zip(a["actors"], b["actors"]):
+        assert all(torch.equal(actor_a[key], actor_b[key]) for key in actor_a)
+    # meta-test only, from the saved policies: the same meta-testing as the full run
+    reloaded = mesa.main(tiny_args(mesa, "climb-multi-stage", tmp_path, exploration_policies=first["exploration_policies"]))
+    assert reloaded["test_returns"] == first["test_returns"]
+    with pytest.raises(ValueError, match="holds policies of climb-multi-stage"):
+        mesa.main(tiny_args(mesa, "climb-one-step", tmp_path, exploration_policies=first["exploration_policies"]))
+    base_a = maddpg.main(tiny_args(maddpg, "climb-one-step", tmp_path))
+    base_b = maddpg.main(tiny_args(maddpg, "climb-one-step", tmp_path))
+    assert base_a["test_return"] == base_b["test_return"]
