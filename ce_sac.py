@@ -133,7 +133,7 @@ class Args:
     """CE: M, actions every policy samples for Eq. 5 (Table 4)"""
 
 
-# --- shared: networks ---
+# --- shared: sac-networks ---
 class VectorizedLinear(nn.Module):
     """`members` independent linear layers in one batched matmul: x [members, B, in] -> [members, B, out].
 
@@ -310,7 +310,7 @@ def knn_cosine_similarity(query: torch.Tensor, keys: torch.Tensor, k: int) -> to
     if M == 0:
         return query.new_zeros(B, N)
     sim = F.normalize(query, dim=-1) @ F.normalize(keys, dim=-1).flatten(0, 1).T  # [B, N * M]
-    return sim.view(B, N, M).topk(min(k, M), dim=-1).values.mean(-1)  # [B, N]
+    return sim.view(B, N, M).topk(min(k, M), dim=-1, sorted=False).values.mean(-1)  # [B, N]
 
 
 def novelty_of(query: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
@@ -429,18 +429,20 @@ def main(args: Args) -> dict:
     qf_target.load_state_dict(qf.state_dict())
     qf_target.requires_grad_(False)  # moved only by the soft update
     qf_params, qf_target_params = list(qf.parameters()), list(qf_target.parameters())
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, foreach=True)
-    q_optimizer = torch.optim.Adam(qf_params, lr=args.learning_rate, foreach=True)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, fused=True)
+    q_optimizer = torch.optim.Adam(qf_params, lr=args.learning_rate, fused=True)
     log_alpha = torch.full((N,), math.log(args.init_temperature), device=device, requires_grad=True)
     alpha = log_alpha.detach().exp()  # [N]
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.learning_rate)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.learning_rate, fused=True)
     target_entropy = -args.target_entropy_scale * act_dim
     # CE: built only when used, so that Replica draws the same random numbers as baselines/sac.py
     encoder = encoder_optimizer = None
     if args.col_training:
         encoder = nn.Identity() if args.encoder == "identity" else make_encoder(obs_dim, args.encoder_dim).to(device)
         if args.encoder == "contrastive":
-            encoder_optimizer = torch.optim.Adam(encoder.parameters(), lr=args.learning_rate)
+            encoder_optimizer = torch.optim.Adam(encoder.parameters(), lr=args.learning_rate, fused=True)
+            L = args.positive_horizon
+            positive_offsets = torch.cat([torch.arange(-L, 0), torch.arange(1, L + 1)]).to(device)  # [2L]: d
         else:
             encoder.requires_grad_(False)  # identity or random: fixed, never trained (Table 8)
         memory_bank = torch.zeros(N, args.memory_size, obs_dim, device=device)  # raw observations, FIFO per agent
@@ -449,10 +451,8 @@ def main(args: Args) -> dict:
         q_classifier = nn.Sequential(
             nn.Linear(obs_dim, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, N)
         ).to(device)
-        q_classifier_optimizer = torch.optim.Adam(q_classifier.parameters(), lr=args.learning_rate)
+        q_classifier_optimizer = torch.optim.Adam(q_classifier.parameters(), lr=args.learning_rate, fused=True)
         horizon = torch.arange(args.qclassifier_horizon, device=device)  # [H]
-    positive_offsets = torch.cat([torch.arange(-args.positive_horizon, 0), torch.arange(1, args.positive_horizon + 1)])
-    positive_offsets = positive_offsets.to(device)  # CE: [2L], d in {-L..-1, 1..L}
 
     rb = ReplayBuffer(args.buffer_size // N, N, obs_dim, act_dim, device)
 
@@ -484,7 +484,7 @@ def main(args: Args) -> dict:
             next_obs[i], rewards[i], terminated, truncated, _ = env.step(actions[i])
             terminations[i], dones[i] = terminated, terminated or truncated
         # easy to overlook: only terminations stop the bootstrap; a time-limit truncation (all of DMC) still bootstraps
-        rb.add(obs, actions, rewards, next_obs, terminations, dones, episode_steps)  # CE: + where
+        rb.add(obs, actions, rewards, next_obs, terminations, dones, episode_steps)  # CE: + episode bookkeeping
         episode_returns += rewards
         episode_steps += 1  # CE
         global_step += N
@@ -554,7 +554,7 @@ def main(args: Args) -> dict:
                     # CE: ENCODER (Eq. 4): anchor s_t, positive s_{t+d} of the same agent's same episode, 1 <= |d| <= L
                     rows, valid = rb.same_episode(idx, positive_offsets)  # [B, 2L]
                     pick = (torch.rand(valid.shape, device=device) * valid).argmax(1, keepdim=True)  # [B, 1]: uniform over valid d
-                    has_positive = valid.gather(1, pick)[:, 0]  # [B]; False only in episodes shorter than 2 steps
+                    has_positive = valid.gather(1, pick)[:, 0]  # [B]; False only for a step alone in its episode so far
                     anchors, positives = encoder(torch.cat([data.obs, rb.obs[rows.gather(1, pick)[:, 0]]])).chunk(2)
                     encoder_loss = info_nce_loss(anchors, positives, args.contrastive_temperature, has_positive)
                     encoder_optimizer.zero_grad(set_to_none=True)
@@ -600,9 +600,10 @@ def main(args: Args) -> dict:
             last_print = 0.0  # print the new evaluation now
 
         # LOG: losses of the last update (the .item() calls sync with the device, hence only every log_every steps)
+        if learning_start_time is not None:
+            sps = (global_step - learning_start_step) / max(time.time() - learning_start_time, 1e-9)
         if learning_start_time is not None and global_step >= next_log:
             next_log += args.log_every
-            sps = (global_step - learning_start_step) / max(time.time() - learning_start_time, 1e-9)
             writer.add_scalar("charts/SPS", sps, global_step)
             writer.add_scalar("losses/qf_loss", qf_losses.mean().item(), global_step)
             writer.add_scalar("losses/qf_values", qf_values.mean().item(), global_step)

@@ -82,7 +82,7 @@ class Args:
     """environment steps between loss logs (each log is a host-device sync)"""
 
 
-# --- shared: networks ---
+# --- shared: sac-networks ---
 class VectorizedLinear(nn.Module):
     """`members` independent linear layers in one batched matmul: x [members, B, in] -> [members, B, out].
 
@@ -216,7 +216,7 @@ class ReplayBuffer:
             (self.obs, self.actions, self.rewards, self.next_obs, self.terminations),
             (obs, actions, rewards, next_obs, terminations),
         ):
-            field[start : start + self.num_agents] = torch.as_tensor(value, dtype=torch.float32, device=self.device)
+            field[start : start + self.num_agents] = torch.as_tensor(value, dtype=field.dtype, device=self.device)
         self.rounds_added += 1
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, Batch]:
@@ -267,11 +267,11 @@ def main(args: Args) -> dict:
     qf_target.load_state_dict(qf.state_dict())
     qf_target.requires_grad_(False)  # moved only by the soft update
     qf_params, qf_target_params = list(qf.parameters()), list(qf_target.parameters())
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, foreach=True)
-    q_optimizer = torch.optim.Adam(qf_params, lr=args.learning_rate, foreach=True)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, fused=True)
+    q_optimizer = torch.optim.Adam(qf_params, lr=args.learning_rate, fused=True)
     log_alpha = torch.full((N,), math.log(args.init_temperature), device=device, requires_grad=True)
     alpha = log_alpha.detach().exp()  # [N]
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.learning_rate)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.learning_rate, fused=True)
     target_entropy = -args.target_entropy_scale * act_dim
 
     rb = ReplayBuffer(args.buffer_size // N, N, obs_dim, act_dim, device)
@@ -367,9 +367,10 @@ def main(args: Args) -> dict:
             last_print = 0.0  # print the new evaluation now
 
         # LOG: losses of the last update (the .item() calls sync with the device, hence only every log_every steps)
+        if learning_start_time is not None:
+            sps = (global_step - learning_start_step) / max(time.time() - learning_start_time, 1e-9)
         if learning_start_time is not None and global_step >= next_log:
             next_log += args.log_every
-            sps = (global_step - learning_start_step) / max(time.time() - learning_start_time, 1e-9)
             writer.add_scalar("charts/SPS", sps, global_step)
             writer.add_scalar("losses/qf_loss", qf_losses.mean().item(), global_step)
             writer.add_scalar("losses/qf_values", qf_values.mean().item(), global_step)
