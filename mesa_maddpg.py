@@ -631,6 +631,7 @@ def main(args: Args) -> dict:
     episode = 0  # counts every episode of every phase: the env reset seeds
     warmup_policy = random_policy(spaces, rng)
 
+    meta_train_stats = {"exploration_rewards": []}  # MESA: Eq. 6 return of each policy's last batch, |M*|, clusters covered
     if args.exploration_policies is None:
         # ================= META-TRAINING (Algorithm 1) =================
         # HIGH-REWARD DATASET M* (5.1.1; Algorithm 1 lines 2-6): a fresh MADDPG per training task
@@ -681,7 +682,7 @@ def main(args: Args) -> dict:
             learner = MADDPG(n, obs_dim, act_dim, discrete, args, device)
             rb = TrajectoryBuffer(args.buffer_size, n, T, obs_dim, act_dim, device)
             explore_policy = learner_policy(learner, "explore", device)
-            last_batch = []  # clusters visited by the latest batch_size trajectories
+            last_batch, last_rewards = [], []  # clusters visited and Eq. 6 returns of the latest batch_size trajectories
             policy_step, next_train, next_log = 0, args.learning_starts, 0
             losses = {}
             while policy_step < steps_per_policy:
@@ -701,6 +702,7 @@ def main(args: Args) -> dict:
                                                     args.distance_eps, args.count_power)
                 rb.add(ep, rewards=reward)
                 last_batch = (last_batch + [clusters])[-args.batch_size:]
+                last_rewards = (last_rewards + [float(reward.sum())])[-args.batch_size:]
 
                 # CRITIC + ACTOR
                 policy_step += steps
@@ -718,6 +720,8 @@ def main(args: Args) -> dict:
             global_counts += torch.bincount(torch.cat(last_batch), minlength=global_counts.shape[0]).float()
             writer.add_scalar("charts/clusters_covered", int((global_counts > 0).sum()), e)
             exploration_actors.append(copy.deepcopy(learner.actor.state_dict()))
+            meta_train_stats["exploration_rewards"].append(float(np.mean(last_rewards)))
+        meta_train_stats.update(mstar_size=mstar_features.shape[0], clusters_covered=int((global_counts > 0).sum()))
         policies_path = f"runs/{run_name}/exploration_policies.pt"
         torch.save({"env_id": args.env_id, "settings": settings, "spaces": spaces[:4], "hidden_dim": args.hidden_dim,
                     "actors": exploration_actors}, policies_path)
@@ -788,7 +792,7 @@ def main(args: Args) -> dict:
     writer.close()
     print(f"test_return={test_return:.4f}")
     return {"test_return": test_return, "test_returns": test_returns, "run_name": run_name,
-            "exploration_policies": policies_path, "test_tasks": test_tasks}
+            "exploration_policies": policies_path, "test_tasks": test_tasks, **meta_train_stats}
 
 
 if __name__ == "__main__":

@@ -218,3 +218,26 @@ def test_same_seed_same_results_and_saved_policies_reload(tmp_path):
     base_a = maddpg.main(tiny_args(maddpg, "climb-one-step", tmp_path))
     base_b = maddpg.main(tiny_args(maddpg, "climb-one-step", tmp_path))
     assert base_a["test_return"] == base_b["test_return"]
+
+
+# ----------------------------------------------------------------------------- learning
+def test_maddpg_settles_on_the_suboptimal_equilibrium_of_a_k2_climb_game(tmp_path):
+    # one-step G(2, k=2, u=5, 10) (test task 2 of task seed 0): the paper's premise (section 4,
+    # Table 2): uniform warm-up then MADDPG's own exploration leave it at the 1 - delta = 0.5 NE
+    args = replace(maddpg.Args(env_id="climb-one-step"), task_seed=0, test_task_index=2, total_timesteps=5000,
+                   learning_starts=1000, eval_episodes=1, cuda=False)
+    result = maddpg.main(args)
+    assert (result["task"].k, result["task"].u) == (2, 5)
+    assert result["test_return"] == 0.5
+
+
+def test_mesa_exploration_policies_cover_distinct_parts_of_mstar(tmp_path):
+    # Algorithm 1 on the one-step game: every exploration policy learns to hit M* (Eq. 6 return
+    # 1 = r_hat 1 at count 1 in its last batch) and, through the global count N_hat, each one
+    # in a cluster no earlier policy covered (4 policies -> 4 clusters)
+    args = replace(mesa.Args(env_id="climb-one-step"), task_seed=0, num_test_tasks=1, collect_steps=3000,
+                   meta_train_steps=8000, total_timesteps=100, learning_starts=500, eval_episodes=1, cuda=False)
+    result = mesa.main(args)
+    assert result["mstar_size"] > 10
+    assert result["exploration_rewards"] == [1.0, 1.0, 1.0, 1.0]
+    assert result["clusters_covered"] == 4

@@ -1,0 +1,88 @@
+"""Our measured version of the climb-game columns of MESA's Appendix Table 2 (MESA vs MADDPG).
+
+For every seed s: the tasks are drawn with task_seed = task_seed_offset + s (so the draws
+differ from the tests', which use task seeds below 100); MESA meta-trains once and meta-tests
+on the first `--num-test-tasks` test tasks; MADDPG learns each of the same test tasks from
+scratch. A run's number is the mean final test return over its test tasks (averaged over
+timesteps, as the paper reports the climb games); the table shows mean +- std over seeds.
+Every run uses the paper's budgets (Table 1) unless flags say otherwise.
+
+    python benchmarks/mesa_table.py --seeds 1 2 3 4 5 --jobs 2
+
+prints a markdown table; the per-run returns go to stderr as they finish.
+"""
+
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+
+import numpy as np
+import tyro
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "baselines"))
+
+
+@dataclass
+class Args:
+    seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
+    """seeds; seed s draws its tasks with task_seed_offset + s"""
+    env_ids: tuple[str, ...] = ("climb-one-step", "climb-multi-stage")
+    """environments (columns of the table)"""
+    methods: tuple[str, ...] = ("mesa", "maddpg")
+    """methods (rows of the table)"""
+    num_test_tasks: int = 1
+    """test tasks per seed (the paper's Table 1: 5; 1 keeps a seed to minutes on a 2-core CPU)"""
+    task_seed_offset: int = 100
+    """task_seed = task_seed_offset + seed"""
+    jobs: int = 2
+    """runs in parallel (one CPU thread each)"""
+
+
+def run(job):
+    """One (method, env_id, seed) run in a fresh process -> its mean test return."""
+    method, env_id, seed, task_seed, num_test_tasks = job
+    import contextlib
+    import io
+
+    import maddpg
+    import mesa_maddpg
+
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):
+        if method == "mesa":
+            args = replace(mesa_maddpg.Args(env_id=env_id), seed=seed, task_seed=task_seed, num_test_tasks=num_test_tasks, cuda=False)
+            value = mesa_maddpg.main(args)["test_return"]
+        else:
+            returns = []
+            for index in range(num_test_tasks):
+                args = replace(maddpg.Args(env_id=env_id), seed=seed, task_seed=task_seed, num_test_tasks=num_test_tasks,
+                               test_task_index=index, cuda=False)
+                returns.append(maddpg.main(args)["test_return"])
+            value = float(np.mean(returns))
+    print(f"{method} {env_id} seed={seed} task_seed={task_seed}: {value:.4f}", file=sys.stderr, flush=True)
+    return value
+
+
+def main(args: Args) -> str:
+    jobs = [(method, env_id, seed, args.task_seed_offset + seed, args.num_test_tasks)
+            for env_id in args.env_ids for method in args.methods for seed in args.seeds]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        results = dict(zip(jobs, pool.map(run, jobs)))
+    lines = ["| | " + " | ".join(args.env_ids) + " |", "|---|" + "---|" * len(args.env_ids)]
+    for method in args.methods:
+        cells = []
+        for env_id in args.env_ids:
+            values = [results[(method, env_id, seed, args.task_seed_offset + seed, args.num_test_tasks)] for seed in args.seeds]
+            cells.append(f"{np.mean(values):.2f} +- {np.std(values):.2f}")
+        lines.append(f"| {'MESA' if method == 'mesa' else 'MADDPG'} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(f"seeds {list(args.seeds)}, task_seed = {args.task_seed_offset} + seed, {args.num_test_tasks} test task(s) per seed")
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
