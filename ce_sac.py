@@ -43,8 +43,7 @@ import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # envs/ from any working directory
-from envs.dmc import make_env  # noqa: E402
+from envs.dmc import make_env
 
 
 @dataclass
@@ -91,46 +90,47 @@ class Args:
     log_every: int = 1000
     """environment steps between loss logs (each log is a host-device sync)"""
 
+    # CE: the method (Tables 4, 6-9)
     num_agents: int = 4
-    """CE: N, agents in the set, each with its own environment (section 5.1; Table 7 ablates 2-64)"""
+    """N, agents in the set, each with its own environment (section 5.1; Table 7 ablates 2-64)"""
     multihead: bool = False
-    """CE: one torso shared by all agents per network type, N heads (section 5.8)"""
+    """one torso shared by all agents per network type, N heads (section 5.8)"""
     col_training: bool = True
-    """CE: Col-Training (Table 6): relabel rewards with the collaborative reward of Eq. 3; off = Replica"""
+    """Col-Training (Table 6): relabel rewards with the collaborative reward of Eq. 3; off = Replica"""
     col_unroll: bool = False
-    """CE: Col-Unroll (Table 6): epsilon-collaborative actions of Eq. 5 while collecting (off in Table 1's CE)"""
+    """Col-Unroll (Table 6): epsilon-collaborative actions of Eq. 5 while collecting (off in Table 1's CE)"""
     col_eval: bool = False
-    """CE: Col-Eval (Table 6): the same as `--eval-mode softmax` (an error with `--eval-mode qclassifier`)"""
+    """Col-Eval (Table 6): the same as `--eval-mode softmax` (an error with `--eval-mode qclassifier`)"""
     eval_mode: Literal["first", "softmax", "qclassifier"] = "first"
-    """CE: who acts in evaluation (4.2): agent 0 (Table 1), softmax over Q^i(s, pi^i(s)), or the Q-classifier"""
+    """who acts in evaluation (4.2): agent 0 (Table 1), softmax over Q^i(s, pi^i(s)), or the Q-classifier"""
     softmax_temperature: float = 1.0
-    """CE: T in softmax_i(Q^i(s, pi^i(s)) / T) (paper: no temperature, i.e. 1)"""
+    """T in softmax_i(Q^i(s, pi^i(s)) / T) (paper: no temperature, i.e. 1)"""
     qclassifier_horizon: int = 100
-    """CE: Monte-Carlo horizon of the Q-classifier's targets, and eval steps between its choices (5.7)"""
+    """Monte-Carlo horizon of the Q-classifier's targets, and eval steps between its choices (5.7)"""
     encoder: Literal["contrastive", "identity", "random"] = "contrastive"
-    """CE: embedding of the novelty: contrastive (Eq. 4), raw observation, or fixed random MLP (Table 8)"""
+    """embedding of the novelty: contrastive (Eq. 4), raw observation, or fixed random MLP (Table 8)"""
     encoder_dim: int = 64
-    """CE: width of the encoder MLP 64-64, the last layer being the embedding (Table 5)"""
+    """width of the encoder MLP 64-64, the last layer being the embedding (Table 5)"""
     contrastive_temperature: float = 0.07
-    """CE: temperature tau of the InfoNCE loss, Eq. 4 (Table 4)"""
+    """temperature tau of the InfoNCE loss, Eq. 4 (Table 4)"""
     positive_horizon: int = 5
-    """CE: L, positives are s_{t+d} of the same episode with 1 <= |d| <= L (C.1; Table 4's horizon 10 = 2L)"""
+    """L, positives are s_{t+d} of the same episode with 1 <= |d| <= L (C.1; Table 4's horizon 10 = 2L)"""
     memory_size: int = 300
-    """CE: observations in each agent's FIFO memory bank (Table 4)"""
+    """observations in each agent's FIFO memory bank (Table 4)"""
     memory_skip: int = 5
-    """CE: one observation into the bank every this many of the agent's env steps (Table 4)"""
+    """one observation into the bank every this many of the agent's env steps (Table 4)"""
     knn_k: int = 20
-    """CE: K of the KNN cosine similarity, Eq. 2 (Table 4; Table 9 ablates 5-30)"""
+    """K of the KNN cosine similarity, Eq. 2 (Table 4; Table 9 ablates 5-30)"""
     ego_weight: float = 0.5
-    """CE: w in Eq. 3, weight of the agent's own novelty against the others' (4.1)"""
+    """w in Eq. 3, weight of the agent's own novelty against the others' (4.1)"""
     aggregate: Literal["mean", "max", "min"] = "mean"
-    """CE: g in Eq. 3, how the other agents' novelties are combined (4.1)"""
+    """g in Eq. 3, how the other agents' novelties are combined (4.1)"""
     intrinsic_coef: float = 0.2
-    """CE: lambda, agent i trains on r + lambda * R_i (Table 4)"""
+    """lambda, agent i trains on r + lambda * R_i (Table 4)"""
     unroll_eps: float = 0.2
-    """CE: probability of the collaborative action of Eq. 5 per agent step (Table 4)"""
+    """probability of the collaborative action of Eq. 5 per agent step (Table 4)"""
     unroll_samples: int = 10
-    """CE: M, actions every policy samples for Eq. 5 (Table 4)"""
+    """M, actions every policy samples for Eq. 5 (Table 4)"""
 
 
 # --- shared: sac-networks ---
