@@ -174,13 +174,11 @@ def clip_grad_norm_per_agent_(net: nn.Module, max_norm: float) -> torch.Tensor:
     parameter, no loop over agents. Layers shared by all agents (multihead) count in every
     agent's norm and take the smallest agent's scale. Returns the norms [N] before clipping."""
     layers = [m for m in net.modules() if isinstance(m, VectorizedLinear)]
-    sq_norms = sum(g.view(l.agents, -1).square().sum(1) for l in layers for g in (l.weight.grad, l.bias.grad))  # [N]
-    norms = sq_norms.sqrt()
+    grads = [(layer.agents, g) for layer in layers for g in (layer.weight.grad, layer.bias.grad)]
+    norms = sum(g.view(agents, -1).square().sum(1) for agents, g in grads).sqrt()  # [N]; a shared layer's [1] broadcasts
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # [N]
-    for l in layers:
-        s = scale if l.agents == scale.shape[0] else scale.min(0, keepdim=True).values  # [agents]
-        for g in (l.weight.grad, l.bias.grad):
-            g.view(l.agents, -1).mul_(s[:, None])
+    for agents, g in grads:
+        g.view(agents, -1).mul_((scale if agents == len(scale) else scale.min(0, keepdim=True).values)[:, None])
     return norms
 # --- end shared ---
 
