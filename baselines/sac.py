@@ -10,8 +10,11 @@ This file is the N = 1 case of `ce_sac.py`: every parameter carries a leading ag
 files, so that `diff baselines/sac.py ce_sac.py` reads as the method itself.
 
 Run:     python baselines/sac.py --env-id cheetah-run
-Expect:  about 850 on cheetah-run after 1e6 steps (Table 1: 847.3); the last printed line is
-         `eval_return=<mean of the last 10 evaluations>`.
+Expect:  the paper reports 847.3 on cheetah-run after 1e6 steps (Table 1); the last printed line
+         is `eval_return=<mean of the last 10 evaluations>`.
+Quick check (a few CPU minutes): python baselines/sac.py --env-id Pendulum-v1 --total-timesteps 5000
+         --learning-starts 1000 --eval-every 1000 --eval-episodes 5: evaluations rise from about
+         -1400 to above -400 (a policy that swings up and balances) by step 4000-5000.
 
 Seeding: `--seed` seeds python, numpy, torch, the environments' resets and action spaces; on
 CPU two runs with the same seed are identical. What stays nondeterministic: CUDA kernels that
