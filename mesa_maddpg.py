@@ -607,6 +607,13 @@ def setup(args: Args):
     train_tasks, test_tasks = draw_tasks(args, settings)
     if args.num_train_tasks < 1 or args.num_test_tasks < 1 or args.num_exploration_policies < 1:
         raise ValueError("--num-train-tasks, --num-test-tasks and --num-exploration-policies must be >= 1")
+    if args.exploration_policies is not None:
+        if not os.path.isfile(args.exploration_policies):
+            raise ValueError(f"--exploration-policies {args.exploration_policies!r}: no such file (a run's exploration_policies.pt)")
+        saved = torch.load(args.exploration_policies, map_location="cpu", weights_only=False)  # our own file format
+        if (saved["env_id"], saved["settings"], saved["hidden_dim"]) != (args.env_id, settings, args.hidden_dim):
+            raise ValueError(f"{args.exploration_policies} holds policies of {saved['env_id']} {saved['settings']}, hidden "
+                             f"{saved['hidden_dim']}; this run is {args.env_id} {settings}, hidden {args.hidden_dim}")
     return args, settings, train_tasks, test_tasks
 
 
@@ -730,10 +737,7 @@ def main(args: Args) -> dict:
                     "actors": exploration_actors}, policies_path)
     else:
         policies_path = args.exploration_policies
-        saved = torch.load(policies_path, map_location=device, weights_only=False)
-        if saved["env_id"] != args.env_id or tuple(saved["spaces"]) != tuple(spaces[:4]) or saved["hidden_dim"] != args.hidden_dim:
-            raise ValueError(f"{policies_path} holds policies of {saved['env_id']} {saved['spaces']}, hidden "
-                             f"{saved['hidden_dim']}; this run is {args.env_id} {spaces[:4]}, hidden {args.hidden_dim}")
+        saved = torch.load(policies_path, map_location=device, weights_only=False)  # checked in setup()
         exploration_actors = saved["actors"]
     # ================= META-TESTING (Algorithm 2) =================
     # MESA: reseed, so meta-testing is the same run whether the policies were just trained or loaded

@@ -195,6 +195,12 @@ def test_bad_input_one_line_error(script, bad, message):
     assert "Traceback" not in out.stderr
 
 
+def test_missing_exploration_policies_file_one_line_error():
+    out = subprocess.run([PYTHON, os.path.join(ROOT, "mesa_maddpg.py"), "--exploration-policies", "nope.pt"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip() == "error: --exploration-policies 'nope.pt': no such file (a run's exploration_policies.pt)"
+
+
 def test_test_task_that_is_a_training_task_is_refused(monkeypatch):
     tasks, _ = maddpg.sample_tasks("climb-one-step", 3, 0, 0)
     for module in (maddpg, mesa):
