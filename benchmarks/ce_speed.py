@@ -104,6 +104,7 @@ def run_child(script: str, argv: list[str], record: str, cleanrl_env: str | None
         return add_scalar(self, tag, scalar_value, global_step, *args, **kwargs)
 
     SummaryWriter.add_scalar = timed_add_scalar
+    sys.path[0] = str(Path(script).resolve().parent)  # as `python script.py` sets it (this file's folder otherwise)
     if cleanrl_env is not None:
         apply_cleanrl_shims(script, cleanrl_env)
     sys.argv = [script, *argv]
