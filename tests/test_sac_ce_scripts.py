@@ -5,7 +5,8 @@ the last printed line), seeding, CE with one agent and no collaboration = SAC, e
 flag changing what it should, bad input, the replay buffer's contrastive positives, and a
 learning test for each script. Runs write `runs/` into a temporary working directory.
 
-Budget: about 3-4 minutes of CPU (one core), a third of it the two learning tests.
+Budget: about 2.5 minutes on the shared 2-core machine (measured with all four CE test files),
+half of it the two learning tests. The tests run torch with one thread (see `one_torch_thread`).
 """
 
 import math
