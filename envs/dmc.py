@@ -12,8 +12,14 @@ e.g. `Hopper-v5` (the paper's section 5.5), with its own time limit.
 
 from __future__ import annotations
 
+import os
+
 import gymnasium as gym
 import numpy as np
+
+# dm_control picks its renderer at import; without a display GLFW prints a warning on every run
+# (and would end up in a one-line error message). EGL renders headless; a user's choice stands.
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 # The 15 tasks of the CE paper's Table 1 ("DMC15"), named `domain-task`.
 DMC15 = (
