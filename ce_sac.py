@@ -189,7 +189,7 @@ class Actor(nn.Module):
         """obs [N, B, O] (agent i sees obs[i]) or [B, O] (all agents see the same) -> mean, log_std [N, B, A]."""
         if obs.dim() == 2:
             obs = obs.expand(self.num_agents, *obs.shape)  # [N, B, O], no copy
-        h = F.relu(self.fc2(F.relu(self.fc1(obs))))
+        h = F.relu_(self.fc2(F.relu_(self.fc1(obs))))  # in place: a layer's output is not needed for its backward
         mean, log_std = self.fc_out(h).chunk(2, dim=-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
@@ -225,7 +225,7 @@ class SoftQNetwork(nn.Module):
         """obs [N, B, O] or [B, O], actions [N, B, A] or [B, A] -> Q [N, 2, B]."""
         shape = (self.num_agents, 2, actions.shape[-2])
         x = torch.cat([obs.unsqueeze(-3).expand(*shape, -1), actions.unsqueeze(-3).expand(*shape, -1)], -1)  # [N, 2, B, O + A]
-        h = F.relu(self.fc2(F.relu(self.fc1(x.flatten(0, 1)))))  # [2N, B, 256]
+        h = F.relu_(self.fc2(F.relu_(self.fc1(x.flatten(0, 1)))))  # [2N, B, 256]
         return self.fc_out(h).view(shape)
 
 
@@ -236,11 +236,11 @@ def clip_grad_norm_per_agent_(net: nn.Module, max_norm: float) -> torch.Tensor:
     parameter, no loop over agents. Layers shared by all agents (multihead) count in every
     agent's norm and take the smallest agent's scale. Returns the norms [N] before clipping."""
     layers = [m for m in net.modules() if isinstance(m, VectorizedLinear)]
-    grads = [(layer.agents, g) for layer in layers for g in (layer.weight.grad, layer.bias.grad)]
-    norms = sum(g.view(agents, -1).square().sum(1) for agents, g in grads).sqrt()  # [N]; a shared layer's [1] broadcasts
+    grads = [(layer.agents, g.view(layer.agents, -1)) for layer in layers for g in (layer.weight.grad, layer.bias.grad)]
+    norms = sum(torch.linalg.vector_norm(g, dim=1).square() for _, g in grads).sqrt()  # [N]; a shared layer's [1] broadcasts
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # [N]
-    for agents, g in grads:
-        g.view(agents, -1).mul_((scale if agents == len(scale) else scale.min(0, keepdim=True).values)[:, None])
+    shared_scale = scale.min(0, keepdim=True).values  # [1]
+    torch._foreach_mul_([g for _, g in grads], [(scale if a == len(scale) else shared_scale)[:, None] for a, _ in grads])
     return norms
 # --- end shared ---
 
@@ -540,7 +540,7 @@ def main(args: Args) -> dict:
                 qf_values = qf(data.obs, data.actions)  # [N, 2, B]
                 # jaxrl2: mean over twins and batch; summing over agents keeps each agent's gradient its own
                 qf_losses = (qf_values - next_q_value[:, None]).square().mean((1, 2))  # [N]
-                q_optimizer.zero_grad(set_to_none=True)
+                q_optimizer.zero_grad(set_to_none=False)  # zeroes the kept buffers: no fresh 0.5 MB gradients each step
                 qf_losses.sum().backward()
                 clip_grad_norm_per_agent_(qf, args.max_grad_norm)
                 q_optimizer.step()
@@ -551,7 +551,7 @@ def main(args: Args) -> dict:
                 pi_actions, log_pi = actor.get_action(data.obs)  # [N, B, A], [N, B]
                 qf_pi = qf(data.obs, pi_actions).mean(1)  # [N, B]
                 actor_losses = (alpha[:, None] * log_pi - qf_pi).mean(1)  # [N]
-                actor_optimizer.zero_grad(set_to_none=True)
+                actor_optimizer.zero_grad(set_to_none=False)
                 actor_losses.sum().backward()
                 clip_grad_norm_per_agent_(actor, args.max_grad_norm)
                 actor_optimizer.step()
@@ -560,7 +560,7 @@ def main(args: Args) -> dict:
                 # TEMPERATURE: jaxrl2's alpha * (entropy - target), on the actor step's log-probs (no second actor pass)
                 entropy = -log_pi.detach().mean(1)  # [N]
                 alpha_losses = log_alpha.exp() * (entropy - target_entropy)  # [N]
-                alpha_optimizer.zero_grad(set_to_none=True)
+                alpha_optimizer.zero_grad(set_to_none=False)
                 alpha_losses.sum().backward()
                 alpha_optimizer.step()
                 alpha = log_alpha.detach().exp()
