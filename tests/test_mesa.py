@@ -117,20 +117,6 @@ def test_exploration_probability_anneals_linearly():
     assert p(0) == 1.0 and p(250) == 0.5 and p(500) == 0.0 and p(900) == 0.0
 
 
-# ----------------------------------------------------------------------------- shared blocks
-def shared_blocks(path):
-    text = open(os.path.join(ROOT, path)).read()
-    return {name: block for block, name in re.findall(r"(# --- shared: ([\w-]+) ---\n.*?# --- end shared ---\n)", text, re.S)}
-
-
-def test_shared_blocks_identical():
-    base, copy_ = shared_blocks("baselines/maddpg.py"), shared_blocks("mesa_maddpg.py")
-    assert set(base) == {"paper-defaults", "networks", "buffer", "maddpg"}
-    assert set(copy_) == set(base)
-    for name in base:
-        assert copy_[name] == base[name], f"shared block {name!r} differs: fix both copies"
-
-
 # ----------------------------------------------------------------------------- smoke runs
 TINY = {  # per env: budgets that run in seconds but go through every phase (learning starts early)
     "climb-one-step": dict(total_timesteps=200, learning_starts=50, batch_size=8),
