@@ -149,21 +149,23 @@ class VectorizedLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, agents: int, ensemble: int = 1):
         super().__init__()
         self.agents = agents
-        self.weight = nn.Parameter(torch.empty(agents * ensemble, in_features, out_features))
+        # Easy to miss on CPU: MKL's batched GEMM is 3-10x slower when the product has only a few
+        # columns (a critic's 1, an actor's 2|A|), unless the weight is stored as [out, in] (nn.Linear's
+        # layout). Wide layers are a little faster as [in, out], so a layer stores the faster of the two.
+        self.narrow = out_features < 32
+        shape = (out_features, in_features) if self.narrow else (in_features, out_features)
+        self.weight = nn.Parameter(torch.empty(agents * ensemble, *shape))
         self.bias = nn.Parameter(torch.zeros(agents * ensemble, 1, out_features))
-        for w in self.weight:  # one orthogonal [in, out] matrix per member
+        for w in self.weight:  # one orthogonal matrix per member
             nn.init.orthogonal_(w, gain=math.sqrt(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        members = self.weight.shape[0]
-        if x.shape[0] == members and self.weight.shape[2] == 1:
-            # a critic's output: a dot product per member. Easy to miss on CPU: MKL's batched GEMM with
-            # one output column is ~5x slower than this, a tenth of the whole SAC update
-            return (x * self.weight.transpose(1, 2)).sum(-1, keepdim=True) + self.bias  # [members, B, 1]
+        weight = self.weight.mT if self.narrow else self.weight  # [members, in, out], a view
+        members = weight.shape[0]
         if x.shape[0] == members:
-            return torch.baddbmm(self.bias, x, self.weight)
+            return torch.baddbmm(self.bias, x, weight)
         groups = x.view(-1, members, *x.shape[1:])  # [N, members, B, in]: a shared layer
-        return (groups @ self.weight + self.bias).flatten(0, 1)  # [N * members, B, out]
+        return (groups @ weight + self.bias).flatten(0, 1)  # [N * members, B, out]
 
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # jaxrl2's NormalTanhPolicy clips (not squashes) log std
@@ -184,6 +186,7 @@ class Actor(nn.Module):
         high, low = (torch.as_tensor(b, dtype=torch.float32) for b in (env.action_space.high, env.action_space.low))
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
+        self.log_prob_offset = -act_dim * (0.5 * math.log(2 * math.pi) + 2 * math.log(2)) - float(self.action_scale.log().sum())
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """obs [N, B, O] (agent i sees obs[i]) or [B, O] (all agents see the same) -> mean, log_std [N, B, A]."""
@@ -193,15 +196,18 @@ class Actor(nn.Module):
         mean, log_std = self.fc_out(h).chunk(2, dim=-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
-    def get_action(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A reparameterised sample [N, B, A] and its log-density [N, B]."""
+    def get_action(self, obs: torch.Tensor, with_log_prob: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A reparameterised sample [N, B, A] and its log-density [N, B] (None if not `with_log_prob`)."""
         mean, log_std = self(obs)
         noise = torch.randn_like(mean)
         x = mean + log_std.exp() * noise  # pre-tanh sample
-        log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        # change of variables for a = scale * tanh(x) + bias: log|d tanh/dx| = 2 (log 2 - x - softplus(-2x)), stable
-        log_prob = log_prob - (2 * (math.log(2) - x - F.softplus(-2 * x))).sum(-1) - self.action_scale.log().sum()
-        return torch.tanh(x) * self.action_scale + self.action_bias, log_prob
+        action = torch.tanh(x) * self.action_scale + self.action_bias
+        if not with_log_prob:
+            return action, None
+        # log N(x; mean, std) - log|da/dx|, with the stable log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x));
+        # the constants (log 2pi, log 2, log action_scale) are summed once, in __init__
+        log_prob = (2 * (x + F.softplus(-2 * x)) - log_std).sum(-1) - 0.5 * noise.square().sum(-1)
+        return action, log_prob + self.log_prob_offset
 
     def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
         """The deterministic (mean) action [N, B, A] of evaluation. It draws no random numbers, so
@@ -236,11 +242,13 @@ def clip_grad_norm_per_agent_(net: nn.Module, max_norm: float) -> torch.Tensor:
     parameter, no loop over agents. Layers shared by all agents (multihead) count in every
     agent's norm and take the smallest agent's scale. Returns the norms [N] before clipping."""
     layers = [m for m in net.modules() if isinstance(m, VectorizedLinear)]
+    num_agents = max(layer.agents for layer in layers)
     grads = [(layer.agents, g.view(layer.agents, -1)) for layer in layers for g in (layer.weight.grad, layer.bias.grad)]
-    norms = sum(torch.linalg.vector_norm(g, dim=1).square() for _, g in grads).sqrt()  # [N]; a shared layer's [1] broadcasts
-    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # [N]
-    shared_scale = scale.min(0, keepdim=True).values  # [1]
-    torch._foreach_mul_([g for _, g in grads], [(scale if a == len(scale) else shared_scale)[:, None] for a, _ in grads])
+    per_param = torch.stack([torch.linalg.vector_norm(g, dim=1).expand(num_agents) for _, g in grads])  # [P, N]
+    norms = torch.linalg.vector_norm(per_param, dim=0)  # [N]; a shared layer's norm counts for every agent
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)[:, None]  # [N, 1]
+    shared_scale = scale.min(0, keepdim=True).values  # [1, 1]
+    torch._foreach_mul_([g for _, g in grads], [scale if a == num_agents else shared_scale for a, _ in grads])
     return norms
 # --- end shared ---
 
@@ -445,11 +453,12 @@ def main(args: Args) -> dict:
     qf_target.load_state_dict(qf.state_dict())
     qf_target.requires_grad_(False)  # moved only by the soft update
     qf_params, qf_target_params = list(qf.parameters()), list(qf_target.parameters())
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, fused=True)
     q_optimizer = torch.optim.Adam(qf_params, lr=args.learning_rate, fused=True)
     log_alpha = torch.full((N,), math.log(args.init_temperature), device=device, requires_grad=True)
     alpha = log_alpha.detach().exp()  # [N]
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.learning_rate, fused=True)
+    # one Adam for the actor and the temperature: their losses share no parameter, so one backward and one step
+    # serve both (the same update as two optimizers, with one pass of optimizer overhead instead of two)
+    actor_optimizer = torch.optim.Adam([*actor.parameters(), log_alpha], lr=args.learning_rate, fused=True)
     target_entropy = -args.target_entropy_scale * act_dim
     # CE: built only when used, so that Replica draws the same random numbers as baselines/sac.py
     encoder = encoder_optimizer = None
@@ -485,11 +494,11 @@ def main(args: Args) -> dict:
         else:
             with torch.no_grad():
                 obs_t = torch.as_tensor(obs, device=device)  # [N, O]
-                actions, _ = actor.get_action(obs_t[:, None])  # [N, 1, A]
+                actions, _ = actor.get_action(obs_t[:, None], with_log_prob=False)  # [N, 1, A]
                 actions = actions[:, 0]  # [N, A]
                 if args.col_unroll:  # CE: Eq. 5 with probability eps per agent step (4.2)
                     M = args.unroll_samples
-                    samples, _ = actor.get_action(obs_t.repeat_interleave(M, 0))  # [N_j, N_i * M, A]
+                    samples, _ = actor.get_action(obs_t.repeat_interleave(M, 0), with_log_prob=False)  # [N_j, N_i * M, A]
                     candidates = samples.view(N, N, M, act_dim).transpose(0, 1)  # [N_i, N_j, M, A]
                     collaborate = torch.rand(N, device=device) < args.unroll_eps  # [N]
                     actions = torch.where(collaborate[:, None], collaborative_action(candidates), actions)
@@ -551,18 +560,14 @@ def main(args: Args) -> dict:
                 pi_actions, log_pi = actor.get_action(data.obs)  # [N, B, A], [N, B]
                 qf_pi = qf(data.obs, pi_actions).mean(1)  # [N, B]
                 actor_losses = (alpha[:, None] * log_pi - qf_pi).mean(1)  # [N]
-                actor_optimizer.zero_grad(set_to_none=False)
-                actor_losses.sum().backward()
-                clip_grad_norm_per_agent_(actor, args.max_grad_norm)
-                actor_optimizer.step()
-                qf.requires_grad_(True)
-
                 # TEMPERATURE: jaxrl2's alpha * (entropy - target), on the actor step's log-probs (no second actor pass)
                 entropy = -log_pi.detach().mean(1)  # [N]
                 alpha_losses = log_alpha.exp() * (entropy - target_entropy)  # [N]
-                alpha_optimizer.zero_grad(set_to_none=False)
-                alpha_losses.sum().backward()
-                alpha_optimizer.step()
+                actor_optimizer.zero_grad(set_to_none=False)
+                (actor_losses.sum() + alpha_losses.sum()).backward()
+                clip_grad_norm_per_agent_(actor, args.max_grad_norm)  # the actor's gradients; the temperature's is a scalar
+                actor_optimizer.step()  # actor and temperature
+                qf.requires_grad_(True)
                 alpha = log_alpha.detach().exp()
                 # --- end shared ---
 
