@@ -23,8 +23,8 @@ The backbone is baselines/sac.py with a leading agent dimension of size N: block
 Expect:  the paper reports 877.8 on cheetah-run after 1e6 total env steps (Table 1; Replica 869.2,
          SAC 847.3); the last printed line is `eval_return=<mean of the last 10 evaluations>`.
 Quick check (a few CPU minutes): python ce_sac.py --env-id Pendulum-v1 --num-agents 2
-         --total-timesteps 6000 --learning-starts 1000 --eval-every 1000 --eval-episodes 5:
-         agent 0's evaluations rise from about -1300 to above -400 by step 4000-5000.
+         --total-timesteps 10000 --learning-starts 1000 --eval-every 1000 --eval-episodes 5 --batch-size 64:
+         agent 0's evaluations rise from about -1300 to above -400 by step 4000-7000 (seeds 1-3).
 
 Seeding: `--seed` seeds python, numpy, torch, the environments' resets (seed + agent index) and
 action spaces; on CPU two runs with the same seed are identical. What stays nondeterministic:
