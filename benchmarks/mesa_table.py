@@ -39,6 +39,8 @@ class Args:
     """task_seed = task_seed_offset + seed"""
     jobs: int = 2
     """runs in parallel (one CPU thread each)"""
+    ceiling: bool = False
+    """print only the multi-stage ceiling (`multi_stage_ceiling`, no training) over task seeds offset+1 .. offset+30"""
 
 
 def run(job):
@@ -66,7 +68,39 @@ def run(job):
     return value
 
 
+def multi_stage_ceiling(task_seeds, num_train: int = 10, num_test: int = 5) -> dict:
+    """What meta-exploration can add on climb-multi-stage, from the task draws alone (no training).
+
+    A learner that solves every k = 1 stage (one agent moving to u is a strict improvement, so
+    gradient learners find it) and no k = 2 stage averages `maddpg`. MESA's exploration can only
+    show a test stage (k = 2, u) its optimum (u, u) if that joint action is in M*, i.e. if some
+    training task has (2, u) at the same stage; `mesa_bound` also solves all of those.
+    """
+    from envs.multiagent import sample_tasks
+
+    k1 = k2 = k2_in_mstar = 0
+    for task_seed in task_seeds:
+        train, test = sample_tasks("climb-multi-stage", num_train, num_test, task_seed)
+        for task in test:
+            for t, stage in enumerate(task):
+                if stage.k == 1:
+                    k1 += 1
+                    continue
+                k2 += 1
+                k2_in_mstar += any(other[t].k == 2 and other[t].u == stage.u for other in train)
+    stages = k1 + k2
+    return {"stages": stages, "k2_fraction": k2 / stages, "k2_optimum_in_mstar": k2_in_mstar / k2,
+            "maddpg": (k1 + 0.5 * k2) / stages, "mesa_bound": (k1 + k2_in_mstar + 0.5 * (k2 - k2_in_mstar)) / stages}
+
+
 def main(args: Args) -> str:
+    if args.ceiling:
+        c = multi_stage_ceiling(range(args.task_seed_offset + 1, args.task_seed_offset + 31))
+        print(f"climb-multi-stage, task seeds {args.task_seed_offset + 1}..{args.task_seed_offset + 30}, 5 test tasks each: "
+              f"{c['stages']} test stages, {c['k2_fraction']:.0%} with k = 2, of which {c['k2_optimum_in_mstar']:.0%} have "
+              f"their optimum (u, u) at that stage in some training task; solving every k = 1 stage gives "
+              f"{c['maddpg']:.3f}, solving those k = 2 stages too gives at most {c['mesa_bound']:.3f}")
+        return ""
     jobs = [(method, env_id, seed, args.task_seed_offset + seed, args.num_test_tasks)
             for env_id in args.env_ids for method in args.methods for seed in args.seeds]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
