@@ -753,7 +753,7 @@ def main(args: Args) -> dict:
         explorer = MADDPG(n, obs_dim, act_dim, discrete, args, device)
         explorer.actor.load_state_dict(state_dict)
         explorers.append(learner_policy(explorer, "explore", device))
-    test_returns = []
+    test_returns, test_actors = [], []  # final learners' actors: for analysis (benchmarks/mesa_coverage.py)
     for j, task in enumerate(test_tasks):
         env, eval_env = make_env(args.env_id, task, **settings), make_env(args.env_id, task, **settings)
         learner = MADDPG(n, obs_dim, act_dim, discrete, args, device)
@@ -797,6 +797,7 @@ def main(args: Args) -> dict:
                 writer.add_scalar("charts/SPS", sps, global_step)
                 next_log += args.log_frequency
         test_returns.append(evaluate(eval_env, learner, args.eval_episodes, 10**9 + episode, spaces, device) * scale)
+        test_actors.append(copy.deepcopy(learner.actor.state_dict()))
         writer.add_scalar("eval/test_return_per_task", test_returns[-1], j)
 
     test_return = float(np.mean(test_returns))
@@ -804,7 +805,8 @@ def main(args: Args) -> dict:
     writer.close()
     print(f"test_return={test_return:.4f}")
     return {"test_return": test_return, "test_returns": test_returns, "run_name": run_name,
-            "exploration_policies": policies_path, "test_tasks": test_tasks, **meta_train_stats}
+            "exploration_policies": policies_path, "test_tasks": test_tasks, "test_actors": test_actors,
+            **meta_train_stats}
 
 
 if __name__ == "__main__":

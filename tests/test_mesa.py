@@ -153,6 +153,21 @@ def test_smoke_main_every_env(env_id, tmp_path, capsys):
     assert any(name.startswith(f"{env_id}__mesa_maddpg__1__") for name in os.listdir("runs"))
 
 
+def test_returned_test_actors_are_the_evaluated_learners(tmp_path):
+    # main() returns each test task's final actor (benchmarks/mesa_coverage.py replays them): the greedy
+    # return of the returned actor on its task is the reported test return
+    args = tiny_args(mesa, "climb-multi-stage", tmp_path, num_test_tasks=2)
+    result = mesa.main(args)
+    assert len(result["test_actors"]) == len(result["test_returns"]) == 2
+    args, settings, _, test_tasks = mesa.setup(args)
+    for task, actor_state, reported in zip(test_tasks, result["test_actors"], result["test_returns"]):
+        env = mesa.make_env(args.env_id, task, **settings)
+        spaces = mesa.env_spaces(env)
+        learner = mesa.MADDPG(*spaces[:4], args, torch.device("cpu"))
+        learner.actor.load_state_dict(actor_state)
+        assert mesa.evaluate(env, learner, 1, 0, spaces, torch.device("cpu")) / 5 == pytest.approx(reported)
+
+
 @pytest.mark.parametrize("script", ["baselines/maddpg.py", "mesa_maddpg.py"])
 def test_command_line(script, tmp_path):
     cmd = [PYTHON, os.path.join(ROOT, script), "--env-id", "climb-multi-stage", "--total-timesteps", "100",

@@ -1,0 +1,113 @@
+"""Stage by stage, what MESA's exploration policies and its meta-tested learner play on the multi-stage climb game.
+
+The measurements behind the README's "what we measured about why" (MESA section). For one seed and
+task draw (`--seed s`, task seed 100 + s as in benchmarks/mesa_table.py), on the first test task:
+
+1. MESA runs once (meta-training, then meta-testing with all E exploration policies), unless
+   `--exploration-policies PATH` gives saved policies (then only step 3's runs are trained).
+2. For every stage: its (k, u), and whether some training task has (2, u) at that stage, the only
+   way a k = 2 optimum (u, u) can enter M*. For every exploration policy: how often it plays the
+   stage's optimum in `--episodes` sampled episodes (sampled as meta-testing plays them), and its
+   most frequent joint action.
+3. The final greedy learner of meta-testing with all policies, and with each policy of `--alone`
+   on its own: its joint action and reward at every stage.
+
+    python benchmarks/mesa_coverage.py --seed 3 --alone 0 1 2 3
+
+Budgets are the paper's (mesa_maddpg.py defaults); one MESA run is about 3 CPU minutes here.
+"""
+
+import collections
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import numpy as np
+import torch
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import mesa_maddpg as mesa  # noqa: E402
+from envs.multiagent import make_env  # noqa: E402
+
+
+@dataclass
+class Args:
+    seed: int = 3
+    """MESA's seed; the tasks are drawn with task seed task_seed_offset + seed"""
+    task_seed_offset: int = 100
+    """as in benchmarks/mesa_table.py"""
+    exploration_policies: Optional[str] = None
+    """saved exploration policies (mesa_maddpg.py's exploration_policies.pt) instead of meta-training"""
+    episodes: int = 200
+    """sampled episodes per exploration policy"""
+    alone: tuple[int, ...] = ()
+    """exploration policies to meta-test with on their own, one run each"""
+
+
+def stage_table(env, policy, episodes, spaces, task) -> tuple[np.ndarray, list]:
+    """Optimum hit rate [S] and most frequent joint action per stage over `episodes` episodes."""
+    hits, joint = np.zeros(len(task)), [collections.Counter() for _ in task]
+    for i in range(episodes):
+        ep = mesa.run_episode(env, policy, i, spaces)
+        actions = ep["actions"].argmax(-1)  # [n, S]
+        hits += ep["rewards"] >= 1.0
+        for t in range(len(task)):
+            joint[t][tuple(int(a) for a in actions[:, t])] += 1
+    return hits / episodes, [c.most_common(1)[0][0] for c in joint]
+
+
+def greedy_line(name, env, actor_state, args, spaces, device) -> str:
+    n, obs_dim, act_dim, discrete, _, _ = spaces
+    learner = mesa.MADDPG(n, obs_dim, act_dim, discrete, args, device)
+    learner.actor.load_state_dict(actor_state)
+    ep = mesa.run_episode(env, mesa.learner_policy(learner, "greedy", device), 0, spaces)
+    actions = ep["actions"].argmax(-1)
+    cells = [f"({actions[0, t]},{actions[1, t]}) {ep['rewards'][t]:.1f}" for t in range(actions.shape[1])]
+    return f"{name:28s} " + "  ".join(cells) + f"   mean {ep['rewards'].mean():.2f}"
+
+
+def main(a: Args) -> None:
+    device = torch.device("cpu")
+    args = replace(mesa.Args(env_id="climb-multi-stage"), seed=a.seed, task_seed=a.task_seed_offset + a.seed,
+                   num_test_tasks=1, cuda=False, exploration_policies=a.exploration_policies)
+    args, settings, train_tasks, test_tasks = mesa.setup(args)
+    task = test_tasks[0]
+    env = make_env(args.env_id, task, **settings)
+    spaces = mesa.env_spaces(env)
+    n, obs_dim, act_dim, discrete, _, _ = spaces
+
+    learners = {}
+    if a.exploration_policies is None:
+        result = mesa.main(args)
+        policies_path, learners["MESA, all policies"] = result["exploration_policies"], result["test_actors"][0]
+    else:
+        policies_path = a.exploration_policies
+    saved = torch.load(policies_path, map_location=device, weights_only=False)
+    for e in a.alone:
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "one_policy.pt")
+            torch.save({**saved, "actors": [saved["actors"][e]]}, path)
+            result = mesa.main(replace(args, exploration_policies=path))
+        learners[f"MESA, policy {e} alone"] = result["test_actors"][0]
+
+    print(f"seed {a.seed}, task seed {args.task_seed}, test task 0, stage by stage:")
+    for t, stage in enumerate(task):
+        in_training = any(other[t].k == 2 and other[t].u == stage.u for other in train_tasks)
+        optimum = f"(u, u) = ({stage.u},{stage.u}) in a training task: {in_training}" if stage.k == 2 else "one agent on u"
+        print(f"  stage {t}: k={stage.k} u={stage.u}  optimum {optimum}")
+    print(f"exploration policies, {a.episodes} sampled episodes each: optimum hit rate / most frequent joint action")
+    for e, actor_state in enumerate(saved["actors"]):
+        explorer = mesa.MADDPG(n, obs_dim, act_dim, discrete, args, device)
+        explorer.actor.load_state_dict(actor_state)
+        rates, modes = stage_table(env, mesa.learner_policy(explorer, "explore", device), a.episodes, spaces, task)
+        print(f"  policy {e}: " + "  ".join(f"{r:.3f} {m}" for r, m in zip(rates, modes)))
+    print("final greedy learners: joint action and reward per stage")
+    for name, actor_state in learners.items():
+        print("  " + greedy_line(name, env, actor_state, args, spaces, device))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
