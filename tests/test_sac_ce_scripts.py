@@ -372,3 +372,47 @@ def test_learning_on_pendulum(name, overrides, tmp_path):
     assert untrained < -900, f"untrained policy already scores {untrained}"
     assert max(returns) > -400, f"never swung up and balanced: {returns}"
     assert later > untrained + 300, f"later evaluations not clearly above the untrained {untrained}: {returns}"
+
+
+# --- the actor's tanh-Gaussian log-density (SAC's change of variables) ---
+def _actor(module, low, high, num_agents=2):
+    import gymnasium as gym
+
+    env = SimpleNamespace(observation_space=gym.spaces.Box(-1, 1, (3,)), action_space=gym.spaces.Box(
+        np.array(low, np.float32), np.array(high, np.float32)))
+    return module.Actor(env, num_agents)
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_log_density_hand_worked(name, monkeypatch):
+    # A = 1, bounds [-1, 3] (scale 2, bias 1); fc_out gives mean 0.5 and log std 0 for every input, and
+    # the noise is fixed at 0, so x = 0.5: tanh(0.5) = 0.462117, 1 - tanh^2 = 0.786448, and by hand
+    # a = 2 * 0.462117 + 1 = 1.924234,
+    # log p(a) = log N(0.5; 0.5, 1) - log(2 * 0.786448) = -0.918939 - 0.452917 = -1.371856
+    actor = _actor(SCRIPTS[name][0], [-1.0], [3.0])
+    with torch.no_grad():
+        actor.fc_out.weight.zero_()
+        actor.fc_out.bias.copy_(torch.tensor([0.5, 0.0]).expand_as(actor.fc_out.bias))  # [mean, log std]
+    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
+    action, log_prob = actor.get_action(torch.zeros(4, 3))  # [2, 4, 1], [2, 4]
+    torch.testing.assert_close(action, torch.full((2, 4, 1), 1.924234), rtol=0, atol=1e-6)
+    torch.testing.assert_close(log_prob, torch.full((2, 4), -1.371856), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_log_density_matches_torch_distributions(name):
+    # a trained-looking actor (random weights), asymmetric bounds on 3 action dimensions
+    actor = _actor(SCRIPTS[name][0], [-1.0, 0.0, -3.0], [1.0, 2.0, 1.0], num_agents=3)
+    obs = torch.randn(3, 50, 3)
+    torch.manual_seed(1)
+    action, log_prob = actor.get_action(obs)
+    torch.manual_seed(1)
+    same_action, none = actor.get_action(obs, with_log_prob=False)  # acting: same sample, no density
+    assert none is None
+    torch.testing.assert_close(same_action, action)
+    mean, log_std = actor(obs)
+    x = torch.atanh(((action - actor.action_bias) / actor.action_scale).clamp(-1 + 1e-6, 1 - 1e-6))
+    reference = torch.distributions.Normal(mean, log_std.exp()).log_prob(x).sum(-1) - torch.log(
+        actor.action_scale * (1 - torch.tanh(x) ** 2)).sum(-1)
+    torch.testing.assert_close(log_prob, reference, rtol=1e-3, atol=1e-3)
+    assert ((action >= actor.action_bias - actor.action_scale) & (action <= actor.action_bias + actor.action_scale)).all()
