@@ -32,7 +32,8 @@ class Args:
     env_ids: tuple[str, ...] = ("climb-one-step", "climb-multi-stage")
     """environments (columns of the table)"""
     methods: tuple[str, ...] = ("mesa", "maddpg")
-    """methods (rows of the table)"""
+    """rows of the table: mesa, maddpg, and maddpg-greedy (a diagnostic: MADDPG that plays the argmax
+    after the random warm-up instead of a Gumbel sample, so it explores only during the warm-up)"""
     num_test_tasks: int = 1
     """test tasks per seed (the paper's Table 1: 5; 1 keeps a seed to minutes on a 2-core CPU)"""
     task_seed_offset: int = 100
@@ -44,7 +45,7 @@ class Args:
 
 
 def run(job):
-    """One (method, env_id, seed) run in a fresh process -> its mean test return."""
+    """One (method, env_id, seed) run, in a process of its own -> its mean test return."""
     method, env_id, seed, task_seed, num_test_tasks = job
     import contextlib
     import io
@@ -58,10 +59,13 @@ def run(job):
             args = replace(mesa_maddpg.Args(env_id=env_id), seed=seed, task_seed=task_seed, num_test_tasks=num_test_tasks, cuda=False)
             value = mesa_maddpg.main(args)["test_return"]
         else:
+            if method == "maddpg-greedy":  # this process only: "explore" acts as "greedy"
+                sample = maddpg.MADDPG.policy_action
+                maddpg.MADDPG.policy_action = lambda self, out, mode: sample(self, out, "greedy" if mode == "explore" else mode)
             returns = []
             for index in range(num_test_tasks):
                 args = replace(maddpg.Args(env_id=env_id), seed=seed, task_seed=task_seed, num_test_tasks=num_test_tasks,
-                               test_task_index=index, cuda=False)
+                               test_task_index=index, cuda=False, exp_name=method)
                 returns.append(maddpg.main(args)["test_return"])
             value = float(np.mean(returns))
     print(f"{method} {env_id} seed={seed} task_seed={task_seed}: {value:.4f}", file=sys.stderr, flush=True)
@@ -103,7 +107,11 @@ def main(args: Args) -> str:
         return ""
     jobs = [(method, env_id, seed, args.task_seed_offset + seed, args.num_test_tasks)
             for env_id in args.env_ids for method in args.methods for seed in args.seeds]
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    unknown = set(args.methods) - {"mesa", "maddpg", "maddpg-greedy"}
+    if unknown:
+        raise SystemExit(f"error: unknown --methods {sorted(unknown)}; valid: mesa, maddpg, maddpg-greedy")
+    # one fresh process per run (max_tasks_per_child): no state, nor maddpg-greedy's patch, carries over
+    with ProcessPoolExecutor(max_workers=args.jobs, max_tasks_per_child=1) as pool:
         results = dict(zip(jobs, pool.map(run, jobs)))
     lines = ["| | " + " | ".join(args.env_ids) + " |", "|---|" + "---|" * len(args.env_ids)]
     for method in args.methods:
@@ -111,7 +119,8 @@ def main(args: Args) -> str:
         for env_id in args.env_ids:
             values = [results[(method, env_id, seed, args.task_seed_offset + seed, args.num_test_tasks)] for seed in args.seeds]
             cells.append(f"{np.mean(values):.2f} +- {np.std(values):.2f}")
-        lines.append(f"| {'MESA' if method == 'mesa' else 'MADDPG'} | " + " | ".join(cells) + " |")
+        name = {"mesa": "MESA", "maddpg": "MADDPG", "maddpg-greedy": "MADDPG, greedy acting"}[method]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(f"seeds {list(args.seeds)}, task_seed = {args.task_seed_offset} + seed, {args.num_test_tasks} test task(s) per seed")
     print(table)
