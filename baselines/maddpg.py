@@ -531,7 +531,8 @@ def main(args: Args) -> dict:
     writer.add_scalar("eval/test_return", test_return, global_step)
     writer.close()
     print(f"test_return={test_return:.4f}")
-    return {"test_return": test_return, "run_name": run_name, "task": task, "global_step": global_step}
+    return {"test_return": test_return, "run_name": run_name, "task": task, "global_step": global_step,
+            "test_actor": copy.deepcopy(learner.actor.state_dict())}  # the final actors: for analysis and tests
 
 
 if __name__ == "__main__":
