@@ -14,7 +14,8 @@ task draw (`--seed s`, task seed 100 + s as in benchmarks/mesa_table.py), on the
 
     python benchmarks/mesa_coverage.py --seed 3 --alone 0 1 2 3
 
-Budgets are the paper's (mesa_maddpg.py defaults); one MESA run is about 3 CPU minutes here.
+Budgets are the paper's (mesa_maddpg.py defaults) unless flags set a smaller game or budget; one
+MESA run at the paper's budgets is about 3 CPU minutes here.
 """
 
 import collections
@@ -45,6 +46,21 @@ class Args:
     """sampled episodes per exploration policy"""
     alone: tuple[int, ...] = ()
     """exploration policies to meta-test with on their own, one run each"""
+    # smaller games and budgets (None: mesa_maddpg.py's defaults, the paper's)
+    stages: Optional[int] = None
+    """S of the multi-stage game (None: 5)"""
+    num_actions: Optional[int] = None
+    """U (None: 10)"""
+    num_exploration_policies: Optional[int] = None
+    """E (None: 4)"""
+    collect_steps: Optional[int] = None
+    """high-reward collection steps, all training tasks (None: 30k)"""
+    meta_train_steps: Optional[int] = None
+    """exploration-policy training steps, all E together (None: 100k)"""
+    total_timesteps: Optional[int] = None
+    """meta-testing steps (None: 100k)"""
+    learning_starts: Optional[int] = None
+    """random warm-up steps of every MADDPG (None: 3000)"""
 
 
 def stage_table(env, policy, episodes, spaces, task) -> tuple[np.ndarray, list]:
@@ -71,8 +87,10 @@ def greedy_line(name, env, actor_state, args, spaces, device) -> str:
 
 def main(a: Args) -> None:
     device = torch.device("cpu")
+    overrides = {name: getattr(a, name) for name in ("stages", "num_actions", "num_exploration_policies", "collect_steps",
+                                                      "meta_train_steps", "total_timesteps", "learning_starts")}
     args = replace(mesa.Args(env_id="climb-multi-stage"), seed=a.seed, task_seed=a.task_seed_offset + a.seed,
-                   num_test_tasks=1, cuda=False, exploration_policies=a.exploration_policies)
+                   num_test_tasks=1, cuda=False, exploration_policies=a.exploration_policies, **overrides)
     args, settings, train_tasks, test_tasks = mesa.setup(args)
     task = test_tasks[0]
     env = make_env(args.env_id, task, **settings)
