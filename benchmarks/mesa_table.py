@@ -5,7 +5,9 @@ differ from the tests', which use task seeds below 100); MESA meta-trains once a
 on the first `--num-test-tasks` test tasks; MADDPG learns each of the same test tasks from
 scratch. A run's number is the mean final test return over its test tasks (averaged over
 timesteps, as the paper reports the climb games); the table shows mean +- std over seeds.
-Every run uses the paper's budgets (Table 1) unless flags say otherwise.
+Every run uses the paper's budgets (Table 1) unless flags say otherwise. A last row, computed
+from the task draws without training, is the return of a learner that solves exactly the k = 1
+stages (one agent on u) and none of the k = 2 stages (both on u), for comparison.
 
     python benchmarks/mesa_table.py --seeds 1 2 3 4 5 --jobs 2
 
@@ -72,6 +74,17 @@ def run(job):
     return value
 
 
+def k1_only_return(env_id: str, task_seed: int, num_test_tasks: int) -> float:
+    """The mean test return of a learner that solves every k = 1 stage and no k = 2 stage of the
+    first num_test_tasks test tasks of task_seed (1 and 0.5 per stage), from the task draw alone:
+    the table's reference row, no training."""
+    from envs.multiagent import sample_tasks
+
+    _, test = sample_tasks(env_id, 10, num_test_tasks, task_seed)
+    stages = [task if isinstance(task, tuple) else (task,) for task in test]  # one-step: one stage
+    return float(np.mean([np.mean([1.0 if stage.k == 1 else 0.5 for stage in task]) for task in stages]))
+
+
 def multi_stage_ceiling(task_seeds, num_train: int = 10, num_test: int = 5) -> dict:
     """What meta-exploration can add on climb-multi-stage, from the task draws alone (no training).
 
@@ -121,6 +134,11 @@ def main(args: Args) -> str:
             cells.append(f"{np.mean(values):.2f} +- {np.std(values):.2f}")
         name = {"mesa": "MESA", "maddpg": "MADDPG", "maddpg-greedy": "MADDPG, greedy acting"}[method]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    cells = []
+    for env_id in args.env_ids:
+        values = [k1_only_return(env_id, args.task_seed_offset + seed, args.num_test_tasks) for seed in args.seeds]
+        cells.append(f"{np.mean(values):.2f} +- {np.std(values):.2f}")
+    lines.append("| k = 1 stages solved, k = 2 not (task draws, no training) | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(f"seeds {list(args.seeds)}, task_seed = {args.task_seed_offset} + seed, {args.num_test_tasks} test task(s) per seed")
     print(table)
