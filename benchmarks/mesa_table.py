@@ -27,6 +27,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "baselines"))
 
 
+ROW_NAMES = {"mesa": "MESA", "maddpg": "MADDPG", "maddpg-greedy": "MADDPG, greedy acting"}  # --methods -> table row
+
+
 @dataclass
 class Args:
     seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
@@ -120,25 +123,22 @@ def main(args: Args) -> str:
         return ""
     jobs = [(method, env_id, seed, args.task_seed_offset + seed, args.num_test_tasks)
             for env_id in args.env_ids for method in args.methods for seed in args.seeds]
-    unknown = set(args.methods) - {"mesa", "maddpg", "maddpg-greedy"}
+    unknown = set(args.methods) - set(ROW_NAMES)
     if unknown:
-        raise SystemExit(f"error: unknown --methods {sorted(unknown)}; valid: mesa, maddpg, maddpg-greedy")
+        raise SystemExit(f"error: unknown --methods {sorted(unknown)}; valid: {', '.join(ROW_NAMES)}")
     # one fresh process per run (max_tasks_per_child): no state, nor maddpg-greedy's patch, carries over
     with ProcessPoolExecutor(max_workers=args.jobs, max_tasks_per_child=1) as pool:
         results = dict(zip(jobs, pool.map(run, jobs)))
+
+    def row(name, value):  # value(env_id, seed) -> one run's number; a cell is mean +- std over seeds
+        cells = [f"{np.mean(v):.2f} +- {np.std(v):.2f}" for v in ([value(e, s) for s in args.seeds] for e in args.env_ids)]
+        return f"| {name} | " + " | ".join(cells) + " |"
+
     lines = ["| | " + " | ".join(args.env_ids) + " |", "|---|" + "---|" * len(args.env_ids)]
     for method in args.methods:
-        cells = []
-        for env_id in args.env_ids:
-            values = [results[(method, env_id, seed, args.task_seed_offset + seed, args.num_test_tasks)] for seed in args.seeds]
-            cells.append(f"{np.mean(values):.2f} +- {np.std(values):.2f}")
-        name = {"mesa": "MESA", "maddpg": "MADDPG", "maddpg-greedy": "MADDPG, greedy acting"}[method]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    cells = []
-    for env_id in args.env_ids:
-        values = [k1_only_return(env_id, args.task_seed_offset + seed, args.num_test_tasks) for seed in args.seeds]
-        cells.append(f"{np.mean(values):.2f} +- {np.std(values):.2f}")
-    lines.append("| k = 1 stages solved, k = 2 not (task draws, no training) | " + " | ".join(cells) + " |")
+        lines.append(row(ROW_NAMES[method], lambda e, s: results[(method, e, s, args.task_seed_offset + s, args.num_test_tasks)]))
+    lines.append(row("k = 1 stages solved, k = 2 not (task draws, no training)",
+                     lambda e, s: k1_only_return(e, args.task_seed_offset + s, args.num_test_tasks)))
     table = "\n".join(lines)
     print(f"seeds {list(args.seeds)}, task_seed = {args.task_seed_offset} + seed, {args.num_test_tasks} test task(s) per seed")
     print(table)

@@ -1,7 +1,8 @@
 """Tests of mesa_maddpg.py and baselines/maddpg.py: MESA's equations on hand-worked values,
 the shared blocks, smoke runs on every environment (main() and the command line), seeding,
 saving/loading exploration policies, bad input, and three learning checks: MADDPG's equilibria
-on a k = 2 and a k = 1 climb stage, and the exploration policies' coverage of M*. Run: /work/venv/bin/pytest tests/test_mesa.py -q (about 4 minutes on 2 cores)."""
+on a k = 2 and a k = 1 climb stage, and the exploration policies' coverage of M*.
+Run: /work/venv/bin/pytest tests/test_mesa.py -q (about 4 minutes on 2 cores)."""
 
 import importlib.util
 import os

@@ -99,13 +99,13 @@ def test_sac_and_ce_sac_share_marked_blocks():
     assert common, "baselines/sac.py and ce_sac.py share no '# --- shared: NAME ---' block"
 
 
-
 def test_maddpg_and_mesa_share_the_whole_learner():
     # mesa_maddpg.py carries MADDPG as marked copies of baselines/maddpg.py's blocks (equality: above)
     base = parse_shared_blocks((REPO_ROOT / "baselines" / "maddpg.py").read_text())
     mesa = parse_shared_blocks((REPO_ROOT / "mesa_maddpg.py").read_text())
     assert set(base) == {"paper-defaults", "networks", "buffer", "maddpg"}
     assert set(mesa) == set(base)
+
 
 # --- the checker itself, on made-up files (so that the tests above can fail) ---
 
