@@ -34,6 +34,7 @@ CUDA kernels that use atomics (e.g. some backward passes), even with `--torch-de
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from envs.dmc import make_env
 
@@ -59,6 +61,8 @@ class Args:
     """sets `torch.backends.cudnn.deterministic`"""
     cuda: bool = True
     """train on the GPU when there is one"""
+    torch_threads: int = 1
+    """CPU threads of torch; 1 is fastest for these small networks (measured 2-cores: more threads spin-wait) and keeps runs identical across machines"""
     save_model: bool = False
     """save all agents and the encoder to `runs/{run_name}/{exp_name}.pt` at the end"""
 
@@ -395,37 +399,154 @@ def collaborative_action(candidates: torch.Tensor) -> torch.Tensor:
     return own[agents, score.argmax(1)]  # [N, A]
 
 
+# --- shared: cli ---
+# What every script promises on the command line (README, "Exit codes"): bad input is one line on
+# stderr and exit 2 (as tyro's own parse errors), a NaN or infinity in training one line and exit 3,
+# Ctrl-C one line and exit 130; a traceback means a bug.
+EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class BadInput(ValueError):
+    """An impossible setting or an unusable file, as one line: `--flag VALUE: what is valid`."""
+
+
+class NonFinite(RuntimeError):
+    """A NaN or an infinity in training (a loss, a Q-value, an action), named with its step."""
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C: the run stopped between two steps."""
+
+
+def check_range(args, names, low=-math.inf, high=math.inf, *, low_open=False, high_open=False, kind="number"):
+    """BadInput unless every field of `args` in `names` is a finite number in the interval (ends
+    included unless open); `kind="integer"` also refuses a non-integer."""
+    for name in names:
+        value = getattr(args, name)
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (math.isfinite(value) and above and below and (kind != "integer" or float(value).is_integer())):
+            bounds = [f"{op} {int(end) if float(end).is_integer() else end}" for op, end, used in (
+                (">" if low_open else ">=", low, low > -math.inf), ("<" if high_open else "<=", high, high < math.inf)) if used]
+            valid = f"must be {'an integer' if kind == 'integer' else 'a finite number'} {' and '.join(bounds)}".rstrip()
+            raise BadInput(f"--{name.replace('_', '-')} {value}: {valid}")
+
+
+def save_file(obj, path: str) -> None:
+    """torch.save, atomically: a file interrupted while being written never replaces a good one."""
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_file(path: str, flag: str, what: str):
+    """torch.load of a file a user names, with weights_only=True (tensors and plain containers,
+    never code); BadInput if it is missing, empty, truncated, corrupt or not a torch file."""
+    if not os.path.isfile(path):
+        raise BadInput(f"{flag} {path}: no such file; expected {what}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError, EOFError, RuntimeError (zip), ...: all the same to the user
+        raise BadInput(f"{flag} {path}: not a readable torch file ({type(error).__name__}); expected {what}") from None
+
+
+class Progress:
+    """Phase, steps, steps per second, time left and the last evaluation: a tqdm bar when stdout is
+    a terminal, a plain line every `every` seconds otherwise (log files, pipes, clusters)."""
+
+    def __init__(self, every: float = 30.0):
+        self.every, self.bar, self.last_eval = every, None, "-"
+        self.interactive = sys.stdout.isatty()
+
+    def phase(self, name: str, total: int, start: int = 0) -> None:
+        """Begin a phase counting steps from `start` to `total` (the rate is measured within it)."""
+        self.close()
+        self.name, self.total, self.step = name, total, start
+        self.last_step, self.last_time, self.sps = start, time.time(), 0.0
+        if self.interactive:
+            self.bar = tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True, file=sys.stdout)
+
+    def update(self, step: int, eval_return: float | None = None) -> None:
+        if eval_return is not None:
+            self.last_eval = f"{eval_return:.4g}"
+        if self.bar is not None:
+            self.bar.update(step - self.step)
+            self.bar.set_postfix_str(f"eval_return={self.last_eval}", refresh=False)
+        elif time.time() - self.last_time >= self.every or eval_return is not None:
+            now = time.time()
+            self.sps = (step - self.last_step) / max(now - self.last_time, 1e-9)
+            left = (self.total - step) / self.sps if self.sps > 0 else math.inf
+            eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 * 365 else "?"
+            print(f"{self.name}: step {step}/{self.total} ({100 * step / self.total:.0f}%), {self.sps:.1f} steps/s, "
+                  f"{eta} left, eval_return {self.last_eval}", flush=True)
+            self.last_step, self.last_time = step, now
+        self.step = step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+STOP_REQUESTED = [False]  # set by the first Ctrl-C under `cli`; the training loop stops at its next step
+
+
+def cli(main, args_type) -> None:
+    """`main(tyro.cli(args_type))` with the exit codes above: bad input, a non-finite value and
+    Ctrl-C end in one line on stderr, never a traceback. The first Ctrl-C asks the loop to stop
+    at its next step (it checkpoints when checkpointing is on); a second stops at once."""
+
+    def request_stop(signum, frame):
+        STOP_REQUESTED[0] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: KeyboardInterrupt at once
+
+    args = tyro.cli(args_type)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        main(args)
+        return
+    except BadInput as error:
+        message, code = f"error: {error}", EXIT_BAD_INPUT
+    except NonFinite as error:
+        message, code = f"error: {error}", EXIT_NON_FINITE
+    except (Interrupted, KeyboardInterrupt) as error:
+        message, code = f"interrupted: {error or 'stopped at once (second Ctrl-C)'}", EXIT_INTERRUPTED
+    print(message, file=sys.stderr)
+    sys.exit(code)
+# --- end shared ---
+
+
 def validate(args: Args) -> None:
-    """Raise ValueError naming the first impossible argument and what would be valid."""
-    for name in ("total_timesteps", "buffer_size", "batch_size", "utd", "eval_every", "eval_episodes", "log_every",
-                 "num_agents", "knn_k", "memory_size", "memory_skip", "positive_horizon", "unroll_samples",
-                 "qclassifier_horizon", "encoder_dim"):  # fmt: skip
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not 0 <= args.gamma <= 1 or not 0 < args.tau <= 1:
-        raise ValueError(f"--gamma must be in [0, 1] and --tau in (0, 1], got {args.gamma} and {args.tau}")
-    if args.learning_rate <= 0 or args.init_temperature <= 0 or args.max_grad_norm <= 0:
-        raise ValueError("--learning-rate, --init-temperature and --max-grad-norm must be > 0")
-    if args.learning_starts < 0:
-        raise ValueError(f"--learning-starts must be >= 0, got {args.learning_starts}")
+    """BadInput (one line) for the first impossible setting, or one that would make the run meaningless."""
+    check_range(args, ("seed",), 0, 2**31 - 1, kind="integer")
+    check_range(args, ("torch_threads", "total_timesteps", "buffer_size", "batch_size", "utd", "eval_every",
+                       "eval_episodes", "log_every", "num_agents", "knn_k", "memory_size", "memory_skip",
+                       "positive_horizon", "unroll_samples", "qclassifier_horizon", "encoder_dim"), 1, kind="integer")  # fmt: skip
+    check_range(args, ("learning_starts",), 0, kind="integer")
+    if args.learning_starts >= args.total_timesteps:  # the run would end untrained and report that as its score
+        raise BadInput(f"--learning-starts {args.learning_starts}: no learning step before the end; must be < --total-timesteps {args.total_timesteps}")
+    check_range(args, ("gamma", "ego_weight", "unroll_eps"), 0, 1)
+    check_range(args, ("tau",), 0, 1, low_open=True)
+    check_range(args, ("learning_rate", "init_temperature", "max_grad_norm", "contrastive_temperature",
+                       "softmax_temperature"), 0, low_open=True)  # fmt: skip
+    check_range(args, ("intrinsic_coef",), 0)
+    check_range(args, ("target_entropy_scale",))
     if args.buffer_size < args.num_agents:  # CE
-        raise ValueError(f"--buffer-size must hold one round of all agents, >= --num-agents {args.num_agents}")
-    for name in ("unroll_eps", "ego_weight"):  # CE
-        if not 0 <= getattr(args, name) <= 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
-    if args.intrinsic_coef < 0 or args.contrastive_temperature <= 0 or args.softmax_temperature <= 0:  # CE
-        raise ValueError("--intrinsic-coef must be >= 0, --contrastive-temperature and --softmax-temperature > 0")
+        raise BadInput(f"--buffer-size {args.buffer_size}: must hold one round of all agents, >= --num-agents {args.num_agents}")
     for name, valid in (("eval_mode", ("first", "softmax", "qclassifier")), ("encoder", ("contrastive", "identity", "random")),
                         ("aggregate", ("mean", "max", "min"))):  # fmt: skip
         if getattr(args, name) not in valid:  # CE: tyro checks these on the command line, main(Args(...)) does not
-            raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}, got {getattr(args, name)!r}")
+            raise BadInput(f"--{name.replace('_', '-')} {getattr(args, name)}: must be one of {', '.join(valid)}")
     if args.col_eval and args.eval_mode == "qclassifier":  # CE
-        raise ValueError("--col-eval means --eval-mode softmax; pass one of --col-eval or --eval-mode qclassifier")
-    make_env(args.env_id, args.seed).close()  # raises ValueError listing the valid ids
+        raise BadInput("--col-eval: means --eval-mode softmax; pass one of --col-eval or --eval-mode qclassifier")
+    try:
+        make_env(args.env_id, args.seed).close()
+    except ValueError as error:  # the valid ids are in the message
+        raise BadInput(f"--env-id {args.env_id}: {error}") from None
 
 
 def main(args: Args) -> dict:
     validate(args)
+    torch.set_num_threads(args.torch_threads)  # before any torch work (see --torch-threads)
     N = args.num_agents  # CE
     eval_mode = "softmax" if args.col_eval else args.eval_mode  # CE: Col-Eval of Table 6 is the softmax mode
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -486,8 +607,30 @@ def main(args: Args) -> dict:
     episode_steps = np.zeros(N, np.int64)  # CE: position of each agent in its episode
     eval_returns: list[float] = []
     global_step, next_eval, next_log = 0, args.eval_every, args.log_every
-    start_time, learning_start_time, last_print, sps = time.time(), None, time.time(), 0.0
+    learning_start_time, sps = None, 0.0
+    progress = Progress()
+    progress.phase("warm-up", args.learning_starts)
+
+    def model_state() -> dict:
+        """Every network, optimizer and temperature, for `--save-model` and for inspection after a stop."""
+        state = {"global_step": global_step, "actor": actor.state_dict(), "qf": qf.state_dict(),
+                 "qf_target": qf_target.state_dict(), "log_alpha": log_alpha.detach(),
+                 "q_optimizer": q_optimizer.state_dict(), "actor_optimizer": actor_optimizer.state_dict()}
+        state["encoder"] = encoder.state_dict() if encoder is not None else None  # CE
+        state["q_classifier"] = q_classifier.state_dict() if eval_mode == "qclassifier" else None  # CE
+        return state
+
+    def stop(error: Exception):
+        """End the run between two steps (Ctrl-C, or a non-finite value): a checkpoint to inspect, the logs closed."""
+        path = f"runs/{run_name}/checkpoint.pt"
+        save_file(model_state(), path)
+        progress.close()
+        writer.close()
+        raise type(error)(f"{error}; checkpoint in {path}")
+
     while global_step < args.total_timesteps:
+        if STOP_REQUESTED[0]:
+            stop(Interrupted(f"at step {global_step}"))
         # COLLECT: one step of every agent in its own environment
         if global_step < args.learning_starts:
             actions = np.stack([env.action_space.sample() for env in envs]).astype(np.float32)  # [N, A]
@@ -503,6 +646,8 @@ def main(args: Args) -> dict:
                     collaborate = torch.rand(N, device=device) < args.unroll_eps  # [N]
                     actions = torch.where(collaborate[:, None], collaborative_action(candidates), actions)
             actions = actions.cpu().numpy()  # host-device sync: the environments live on the host
+            if not np.isfinite(actions).all():  # a NaN reaching the physics engine would crash it, far from the cause
+                stop(NonFinite(f"actions of agents {np.flatnonzero(~np.isfinite(actions).all(1)).tolist()} not finite at step {global_step}"))
         next_obs, rewards = np.empty_like(obs), np.empty(N, np.float32)
         terminations, dones = np.zeros(N, np.float32), np.zeros(N, bool)
         for i, env in enumerate(envs):
@@ -526,6 +671,7 @@ def main(args: Args) -> dict:
         if global_step >= args.learning_starts:
             if learning_start_time is None:
                 learning_start_time, learning_start_step = time.time(), global_step
+                progress.phase("learning", args.total_timesteps, global_step)
             for _ in range(args.utd * N):
                 idx, data = rb.sample(args.batch_size)
                 rewards = data.rewards  # [B]
@@ -619,7 +765,7 @@ def main(args: Args) -> dict:
                 eval_t += 1  # CE
             eval_returns.append(float(returns.mean()))
             writer.add_scalar("eval/return", eval_returns[-1], global_step)
-            last_print = 0.0  # print the new evaluation now
+            progress.update(global_step, eval_returns[-1])
 
         # LOG: losses of the last update (the .item() calls sync with the device, hence only every log_every steps)
         if learning_start_time is not None:
@@ -627,31 +773,27 @@ def main(args: Args) -> dict:
         if learning_start_time is not None and global_step >= next_log:
             next_log += args.log_every
             writer.add_scalar("charts/SPS", sps, global_step)
-            writer.add_scalar("losses/qf_loss", qf_losses.mean().item(), global_step)
-            writer.add_scalar("losses/qf_values", qf_values.mean().item(), global_step)
-            writer.add_scalar("losses/actor_loss", actor_losses.mean().item(), global_step)
-            writer.add_scalar("losses/alpha", alpha.mean().item(), global_step)
-            writer.add_scalar("losses/alpha_loss", alpha_losses.mean().item(), global_step)
-            writer.add_scalar("losses/entropy", entropy.mean().item(), global_step)
+            logged = {"losses/qf_loss": qf_losses.mean(), "losses/qf_values": qf_values.mean(),
+                      "losses/actor_loss": actor_losses.mean(), "losses/alpha": alpha.mean(),
+                      "losses/alpha_loss": alpha_losses.mean(), "losses/entropy": entropy.mean()}
             if encoder is not None:  # CE
-                writer.add_scalar("charts/intrinsic_reward_mean", intrinsic.mean().item(), global_step)
-                writer.add_scalar("charts/intrinsic_reward_std", intrinsic.std().item(), global_step)
-                writer.add_scalar("charts/novelty_mean", novelty.mean().item(), global_step)
+                logged.update({"charts/intrinsic_reward_mean": intrinsic.mean(), "charts/intrinsic_reward_std": intrinsic.std(),
+                               "charts/novelty_mean": novelty.mean()})
             if encoder_optimizer is not None:  # CE
-                writer.add_scalar("losses/encoder_loss", encoder_loss.item(), global_step)
+                logged["losses/encoder_loss"] = encoder_loss
             if eval_mode == "qclassifier":  # CE
-                writer.add_scalar("losses/qclassifier_loss", qclassifier_loss.item(), global_step)
-        if time.time() - last_print > 30:
-            last_print = time.time()
-            last = f"{eval_returns[-1]:.1f}" if eval_returns else "-"
-            print(f"step={global_step} sps={sps:.0f} eval_return(last)={last} elapsed={time.time() - start_time:.0f}s")
+                logged["losses/qclassifier_loss"] = qclassifier_loss
+            logged = {tag: value.item() for tag, value in logged.items()}  # host-device syncs, once per log
+            if not all(map(math.isfinite, logged.values())):
+                stop(NonFinite(f"{', '.join(t for t, v in logged.items() if not math.isfinite(v))} not finite at step {global_step}"))
+            for tag, value in logged.items():
+                writer.add_scalar(tag, value, global_step)
+        progress.update(global_step)
 
+    progress.close()
     if args.save_model:
         path = f"runs/{run_name}/{args.exp_name}.pt"
-        checkpoint = {"actor": actor.state_dict(), "qf": qf.state_dict(), "log_alpha": log_alpha.detach()}
-        checkpoint["encoder"] = encoder.state_dict() if encoder is not None else None  # CE
-        checkpoint["q_classifier"] = q_classifier.state_dict() if eval_mode == "qclassifier" else None  # CE
-        torch.save(checkpoint, path)
+        save_file(model_state(), path)
         print(f"model saved to {path}")
     for env in envs + eval_envs:
         env.close()
@@ -663,9 +805,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    cli_args = tyro.cli(Args)
-    try:
-        validate(cli_args)
-    except ValueError as e:  # bad input only: an error during training keeps its traceback
-        sys.exit(f"error: {e}")
-    main(cli_args)
+    cli(main, Args)

@@ -13,6 +13,7 @@ e.g. `Hopper-v5` (the paper's section 5.5), with its own time limit.
 from __future__ import annotations
 
 import os
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -73,25 +74,29 @@ def make_env(env_id: str, seed: int) -> gym.Env:
     Raises ValueError with the valid ids if `env_id` is unknown.
     """
     _register_dmc()
-    if f"dm_control/{env_id}-v0" in gym.registry and env_id.count("-") == 1:
-        env = gym.make(f"dm_control/{env_id}-v0")
-        env = gym.wrappers.FlattenObservation(env)
-    elif env_id in gym.registry and not env_id.startswith("dm_control/"):
-        env = gym.make(env_id)
-        if not isinstance(env.action_space, gym.spaces.Box):
-            env.close()
-            raise ValueError(
-                f"env {env_id!r} has a {type(env.action_space).__name__} action space; "
-                "the CE scripts need a continuous (Box) one"
-            )
-        if not (isinstance(env.observation_space, gym.spaces.Box) and len(env.observation_space.shape) == 1):
+    # Gymnasium warns on every build that float64 bounds (dm_control's, and the float32 cast of our
+    # DtypeObservation) lose precision as float32: true and harmless, and noise in every run's output.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32", category=UserWarning)
+        if f"dm_control/{env_id}-v0" in gym.registry and env_id.count("-") == 1:
+            env = gym.make(f"dm_control/{env_id}-v0")
             env = gym.wrappers.FlattenObservation(env)
-    else:
-        raise ValueError(
-            f"unknown env id {env_id!r}; valid: a DMC task {', '.join(DMC15)} "
-            "(or another of `envs.dmc.dmc_ids()`), or a registered gymnasium id with continuous actions such as Hopper-v5"
-        )
-    env = gym.wrappers.DtypeObservation(env, np.float32)
+        elif env_id in gym.registry and not env_id.startswith("dm_control/"):
+            env = gym.make(env_id)
+            if not isinstance(env.action_space, gym.spaces.Box):
+                env.close()
+                raise ValueError(
+                    f"env {env_id!r} has a {type(env.action_space).__name__} action space; "
+                    "the CE scripts need a continuous (Box) one"
+                )
+            if not (isinstance(env.observation_space, gym.spaces.Box) and len(env.observation_space.shape) == 1):
+                env = gym.wrappers.FlattenObservation(env)
+        else:
+            raise ValueError(
+                f"unknown env id {env_id!r}; valid: a DMC task {', '.join(DMC15)} "
+                "(or another of `envs.dmc.dmc_ids()`), or a registered gymnasium id with continuous actions such as Hopper-v5"
+            )
+        env = gym.wrappers.DtypeObservation(env, np.float32)
     env.reset(seed=seed)
     env.action_space.seed(seed)
     return env
