@@ -57,8 +57,10 @@ import copy
 import math
 import os
 import random
+import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -67,9 +69,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
+from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # repo root, for envs/
-from envs.multiagent import ENV_IDS, check_disjoint, make_env, sample_tasks  # noqa: E402
+from envs.multiagent import DEFAULT_SETTINGS, ENV_IDS, check_disjoint, make_env, sample_tasks  # noqa: E402
 
 
 @dataclass
@@ -139,7 +142,7 @@ class Args:
     meta_train_steps: Optional[int] = None
     """MESA: env steps of exploration-policy training, all E together (None: Table 1, 50k one-step, 100k multi-stage, 3M MPE and Swimmer)"""
     num_exploration_policies: Optional[int] = None
-    """MESA: E, exploration policies (None: Table 1, 4 climb, 2 MPE (Table 1: 2-4), 2 Swimmer)"""
+    """MESA: E, exploration policies (None: Table 1, 4 climb, 2 MPE (Table 1: 2-4), 2 Swimmer; loaded: the file's)"""
     reward_threshold: float = 1.0
     """MESA: R*, a pair with reward >= R* is high-reward (Table 1: 1 for the sparse-reward tasks)"""
     relabel_gamma: float = 0.05
@@ -155,7 +158,7 @@ class Args:
     max_mstar_size: int = 20_000
     """MESA: M* is subsampled (seeded) to at most this many distinct pairs, bounding Eq. 6's nearest-neighbour cost (paper silent)"""
     exploration_policies: Optional[str] = None
-    """MESA: path of saved exploration policies: skip meta-training and load them (None: meta-train)"""
+    """MESA: a run's exploration_policies.pt: skip meta-training and load them, tensors only (None: meta-train)"""
 
     # MESA: meta-testing (section 5.2, Algorithm 2)
     exploration_start: float = 1.0
@@ -193,10 +196,10 @@ PAPER_DEFAULTS = {  # Appendix B.2 Table 1, per environment; "ours" where the pa
 
 def resolve_args(args, *extra_defaults):
     """A copy of args with every None hyperparameter set to the paper's value for args.env_id
-    (PAPER_DEFAULTS, then each extra {env_id: {field: value}} table); ValueError (one line,
+    (PAPER_DEFAULTS, then each extra {env_id: {field: value}} table); BadInput (one line,
     naming what is valid) for an unknown env id."""
     if args.env_id not in ENV_IDS:
-        raise ValueError(f"unknown --env-id {args.env_id!r}; valid: {', '.join(ENV_IDS)}")
+        raise BadInput(f"--env-id {args.env_id}: must be one of {', '.join(ENV_IDS)}")
     args = copy.copy(args)
     for table in (PAPER_DEFAULTS, *extra_defaults):
         for name, value in table[args.env_id].items():
@@ -207,18 +210,41 @@ def resolve_args(args, *extra_defaults):
     return args
 
 
+# (envs.multiagent's setting, the Args field that sets it)
+ENV_FLAGS = (("n", "n_agents"), ("U", "num_actions"), ("k", "k"), ("S", "stages"), ("max_steps", "max_steps"))
+
+
 def env_settings(args) -> dict:
-    """The env settings given on the command line, under envs.multiagent's names; the env
-    rejects (ValueError, one line) a setting it does not have or an impossible value."""
-    named = {"n": args.n_agents, "U": args.num_actions, "k": args.k, "S": args.stages, "max_steps": args.max_steps}
-    return {key: value for key, value in named.items() if value is not None}
+    """The env settings given on the command line, under envs.multiagent's names. The env checks
+    them (U >= 2, k <= n, ...) when it draws and builds a task; adding them one at a time tells
+    which flag it refuses: BadInput `--flag VALUE: <the env's reason>`."""
+    settings = {}
+    for key, name in ENV_FLAGS:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        flag = f"--{name.replace('_', '-')} {value}"
+        if key not in DEFAULT_SETTINGS[args.env_id]:
+            valid = ", ".join(f"--{field.replace('_', '-')}" for k, field in ENV_FLAGS if k in DEFAULT_SETTINGS[args.env_id])
+            raise BadInput(f"{flag}: not a setting of {args.env_id} (its settings: {valid})")
+        settings[key] = value
+        try:  # one task drawn and one env built per flag given (for Swimmer, a MuJoCo model loaded: milliseconds)
+            _, (task,) = sample_tasks(args.env_id, 0, 1, 0, **settings)
+            make_env(args.env_id, task, **settings).close()
+        except ValueError as error:
+            raise BadInput(f"{flag}: {error}") from None
+    return settings
 
 
 def draw_tasks(args, settings):
-    """(train_tasks, test_tasks) of args.task_seed, checked disjoint; ValueError (one line) on an
-    impossible setting or count (envs.multiagent checks k <= n, U >= 2, ...)."""
-    train_tasks, test_tasks = sample_tasks(args.env_id, args.num_train_tasks, args.num_test_tasks, args.task_seed, **settings)
-    check_disjoint(train_tasks, test_tasks)
+    """(train_tasks, test_tasks) of args.task_seed, checked disjoint; BadInput (one line) when the
+    task space holds fewer distinct tasks than asked for."""
+    try:
+        train_tasks, test_tasks = sample_tasks(args.env_id, args.num_train_tasks, args.num_test_tasks, args.task_seed, **settings)
+    except ValueError as error:
+        counts = f"--num-train-tasks {args.num_train_tasks} and --num-test-tasks {args.num_test_tasks}"
+        raise BadInput(f"{counts}: {error}") from None
+    check_disjoint(train_tasks, test_tasks)  # a bug of the draw if it fails, not bad input
     return train_tasks, test_tasks
 
 
@@ -455,20 +481,24 @@ def run_episode(env, policy, seed, spaces):
     """Play one episode. policy(obs [n, obs] tensor, h) -> (actions [n, act] one-hot or in
     [-1, 1], h). Returns numpy arrays padded to T = env.max_steps: obs [n, T+1, obs],
     actions [n, T, act], rewards, terminated, mask [T], states [T, state] (env.state() before
-    each action) and the summed reward."""
+    each action) and the summed reward, NaN if the policy gave a non-finite action: the episode
+    stops before the env sees it (MuJoCo fails on a NaN far from its cause), the caller stops the run."""
     n, obs_dim, act_dim, discrete, low, high = spaces
     T, agents = env.max_steps, env.possible_agents
     ep = {"obs": np.zeros((n, T + 1, obs_dim), np.float32), "actions": np.zeros((n, T, act_dim), np.float32),
           "rewards": np.zeros(T, np.float32), "terminated": np.zeros(T, np.float32), "mask": np.zeros(T, np.float32)}
     states = []
     obs, _ = env.reset(seed=seed)
-    h = None
+    h, finite = None, True
     for t in range(T):
         ep["obs"][:, t] = np.stack([np.asarray(obs[a], np.float32).reshape(-1) for a in agents])
         states.append(np.asarray(env.state(), np.float32).reshape(-1))
         actions, h = policy(torch.as_tensor(ep["obs"][:, t]), h)
         actions = actions.cpu().numpy()  # host sync: the env steps on the CPU
         ep["actions"][:, t] = actions
+        if not np.isfinite(actions).all():
+            finite = False
+            break
         if discrete:
             env_actions = actions.argmax(-1)
         else:  # [-1, 1] -> the Box's bounds
@@ -482,7 +512,7 @@ def run_episode(env, policy, seed, spaces):
     # the observation after the last step: bootstrapped from when the episode was truncated
     ep["obs"][:, t + 1] = np.stack([np.asarray(obs[a], np.float32).reshape(-1) for a in agents])
     ep["states"] = np.stack(states)  # [t+1, state]
-    ep["return"] = float(ep["rewards"].sum())
+    ep["return"] = float(ep["rewards"].sum()) if finite else math.nan
     return ep
 
 
@@ -605,30 +635,196 @@ def exploration_probability(step: int, total: int, start: float, end: float, ann
 
 
 # ---------------------------------------------------------------------------------------------
-# main
+# Command line, validation
 # ---------------------------------------------------------------------------------------------
+# --- shared: cli ---
+# What every script promises on the command line (README, "Exit codes"): bad input is one line on
+# stderr and exit 2 (as tyro's own parse errors), a NaN or infinity in training one line and exit 3,
+# Ctrl-C one line and exit 130; a traceback means a bug.
+EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class BadInput(ValueError):
+    """An impossible setting or an unusable file, as one line: `--flag VALUE: what is valid`."""
+
+
+class NonFinite(RuntimeError):
+    """A NaN or an infinity in training (a loss, a Q-value, an action), named with its step."""
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C: the run stopped between two steps."""
+
+
+def check_range(args, names, low=-math.inf, high=math.inf, *, low_open=False, high_open=False, kind="number"):
+    """BadInput unless every field of `args` in `names` is a finite number in the interval (ends
+    included unless open); `kind="integer"` also refuses a non-integer."""
+    for name in names:
+        value = getattr(args, name)
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (math.isfinite(value) and above and below and (kind != "integer" or float(value).is_integer())):
+            bounds = [f"{op} {int(end) if float(end).is_integer() else end}" for op, end, used in (
+                (">" if low_open else ">=", low, low > -math.inf), ("<" if high_open else "<=", high, high < math.inf)) if used]
+            valid = f"must be {'an integer' if kind == 'integer' else 'a finite number'} {' and '.join(bounds)}".rstrip()
+            raise BadInput(f"--{name.replace('_', '-')} {value}: {valid}")
+
+
+def save_file(obj, path: str) -> None:
+    """torch.save, atomically: a file interrupted while being written never replaces a good one."""
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_file(path: str, flag: str, what: str):
+    """torch.load of a file a user names, with weights_only=True (tensors and plain containers,
+    never code); BadInput if it is missing, empty, truncated, corrupt or not a torch file."""
+    if not os.path.isfile(path):
+        raise BadInput(f"{flag} {path}: no such file; expected {what}")
+    try:
+        with warnings.catch_warnings():  # torch warns about a raw pickle's protocol before refusing it: one line is ours
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError, EOFError, RuntimeError (zip), ...: all the same to the user
+        raise BadInput(f"{flag} {path}: not a readable torch file ({type(error).__name__}); expected {what}") from None
+
+
+class Progress:
+    """Phase, steps, steps per second, time left and the last evaluation: a tqdm bar when stdout is
+    a terminal, a plain line every `every` seconds otherwise (log files, pipes, clusters)."""
+
+    def __init__(self, every: float = 30.0):
+        self.every, self.bar, self.last_eval = every, None, "-"
+        self.interactive = sys.stdout.isatty()
+
+    def phase(self, name: str, total: int, start: int = 0) -> None:
+        """Begin a phase counting steps from `start` to `total` (the rate is measured within it)."""
+        self.close()
+        self.name, self.total, self.step, self.last_eval = name, total, start, "-"
+        self.last_step, self.last_time, self.sps = start, time.time(), 0.0
+        if self.interactive:
+            self.bar = tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True, file=sys.stdout)
+
+    def update(self, step: int, eval_return: float | None = None) -> None:
+        if eval_return is not None:
+            self.last_eval = f"{eval_return:.4g}"
+        if self.bar is not None:
+            self.bar.update(step - self.step)
+            self.bar.set_postfix_str(f"eval_return={self.last_eval}", refresh=False)
+        elif time.time() - self.last_time >= self.every or eval_return is not None:
+            now = time.time()
+            if now - self.last_time >= 1.0:  # the rate over the last line's interval (not over an instant)
+                self.sps = (step - self.last_step) / (now - self.last_time)
+                self.last_step, self.last_time = step, now
+            left = (self.total - step) / self.sps if self.sps > 0 else math.inf
+            eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 * 365 else "?"
+            print(f"{self.name}: step {step}/{self.total} ({100 * step / self.total:.0f}%), {self.sps:.1f} steps/s, "
+                  f"{eta} left, eval_return {self.last_eval}", flush=True)
+        self.step = step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+STOP_REQUESTED = [False]  # set by the first Ctrl-C under `cli`; the training loop stops at its next step
+
+
+def cli(main, args_type) -> None:
+    """`main(tyro.cli(args_type))` with the exit codes above: bad input, a non-finite value and
+    Ctrl-C end in one line on stderr, never a traceback. The first Ctrl-C asks the loop to stop
+    at its next step (it checkpoints when checkpointing is on); a second stops at once."""
+
+    def request_stop(signum, frame):
+        STOP_REQUESTED[0] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: KeyboardInterrupt at once
+
+    argv = sys.argv[1:]
+    if "--resume" in argv[-1:] or any(a == "--resume" and b.startswith("--") for a, b in zip(argv, argv[1:])):
+        argv.insert(argv.index("--resume") + 1, "latest")  # `--resume` alone: the newest interrupted run of this command
+    args = tyro.cli(args_type, args=argv)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        main(args)
+        return
+    except BadInput as error:
+        message, code = f"error: {error}", EXIT_BAD_INPUT
+    except NonFinite as error:
+        message, code = f"error: {error}", EXIT_NON_FINITE
+    except (Interrupted, KeyboardInterrupt) as error:
+        message, code = f"interrupted: {error or 'stopped at once (second Ctrl-C)'}", EXIT_INTERRUPTED
+    print(message, file=sys.stderr)
+    sys.exit(code)
+# --- end shared ---
+
+
 def setup(args: Args):
-    """(resolved args, env settings, training tasks, test tasks); ValueError (one line) on bad input."""
+    """(resolved args, env settings, training tasks, test tasks); BadInput (one line) for the first
+    impossible setting, or one that would make the run meaningless."""
     args = resolve_args(args, MESA_DEFAULTS)
+    check_range(args, ("seed", "task_seed"), 0, 2**31 - 1, kind="integer")
+    check_range(args, ("torch_threads", "num_train_tasks", "num_test_tasks", "total_timesteps", "batch_size", "hidden_dim",
+                       "train_frequency", "buffer_size", "collect_steps", "meta_train_steps", "num_exploration_policies",
+                       "num_clusters", "kmeans_iterations", "max_mstar_size", "eval_frequency", "eval_episodes",
+                       "log_frequency"), 1, kind="integer")  # fmt: skip
+    check_range(args, ("learning_starts",), 0, kind="integer")
+    check_range(args, ("gamma", "relabel_gamma", "exploration_start", "exploration_end"), 0, 1)
+    check_range(args, ("tau", "exploration_anneal_fraction"), 0, 1, low_open=True)
+    check_range(args, ("learning_rate", "max_grad_norm", "gumbel_temperature", "count_power", "distance_eps"), 0, low_open=True)
+    check_range(args, ("logit_penalty", "exploration_noise"), 0)
+    check_range(args, ("reward_threshold",))
+    if args.learning_starts >= args.total_timesteps:  # every test task would end untrained and report that as its score
+        raise BadInput(f"--learning-starts {args.learning_starts}: no learning step before the end of meta-testing; "
+                       f"must be < --total-timesteps {args.total_timesteps}")
+    if args.exploration_policies is None:  # MESA: meta-training's budgets, split evenly (see the docstring)
+        if args.collect_steps < args.num_train_tasks:
+            raise BadInput(f"--collect-steps {args.collect_steps}: no step for some training tasks; "
+                           f"must be >= --num-train-tasks {args.num_train_tasks}")
+        E = args.num_exploration_policies
+        if args.meta_train_steps // E <= args.learning_starts:
+            raise BadInput(f"--meta-train-steps {args.meta_train_steps}: {args.meta_train_steps // E} steps per exploration "
+                           f"policy, all random (--learning-starts {args.learning_starts}); must be >= --num-exploration-policies "
+                           f"x (--learning-starts + 1) = {E * (args.learning_starts + 1)}")
     settings = env_settings(args)
     train_tasks, test_tasks = draw_tasks(args, settings)
-    if args.num_train_tasks < 1 or args.num_test_tasks < 1 or args.num_exploration_policies < 1:
-        raise ValueError("--num-train-tasks, --num-test-tasks and --num-exploration-policies must be >= 1")
-    if args.exploration_policies is not None:
-        if not os.path.isfile(args.exploration_policies):
-            raise ValueError(f"--exploration-policies {args.exploration_policies!r}: no such file (a run's exploration_policies.pt)")
-        saved = torch.load(args.exploration_policies, map_location="cpu", weights_only=False)  # our own file format
-        if (saved["env_id"], saved["settings"], saved["hidden_dim"]) != (args.env_id, settings, args.hidden_dim):
-            raise ValueError(f"{args.exploration_policies} holds policies of {saved['env_id']} {saved['settings']}, hidden "
-                             f"{saved['hidden_dim']}; this run is {args.env_id} {settings}, hidden {args.hidden_dim}")
     return args, settings, train_tasks, test_tasks
 
 
+def load_exploration_policies(args: Args, settings: dict, spaces) -> list[dict]:
+    """The actors' state dicts in --exploration-policies, loaded with weights_only=True (a file can
+    hold no code) and checked against this run; BadInput (one line) for any other file."""
+    path, what = args.exploration_policies, "exploration policies saved by mesa_maddpg.py (exploration_policies.pt in a run folder)"
+    saved = load_file(path, "--exploration-policies", what)
+    if not (isinstance(saved, dict) and set(saved) == {"env_id", "settings", "spaces", "hidden_dim", "actors"}
+            and isinstance(saved["actors"], list) and saved["actors"]):
+        raise BadInput(f"--exploration-policies {path}: holds something else; expected {what}")
+    if (saved["env_id"], saved["settings"], saved["hidden_dim"]) != (args.env_id, settings, args.hidden_dim):
+        raise BadInput(f"--exploration-policies {path}: holds policies of {saved['env_id']} {saved['settings']}, hidden "
+                       f"{saved['hidden_dim']}; this run is {args.env_id} {settings}, hidden {args.hidden_dim}")
+    n, obs_dim, act_dim, _, _, _ = spaces
+    with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
+        expected = {name: p.shape for name, p in StackedGRUNet(n, obs_dim, args.hidden_dim, act_dim).state_dict().items()}
+    for e, actor in enumerate(saved["actors"]):
+        tensors = isinstance(actor, dict) and all(isinstance(value, torch.Tensor) for value in actor.values())
+        if not (tensors and {name: value.shape for name, value in actor.items()} == expected
+                and all(value.isfinite().all() for value in actor.values())):
+            raise BadInput(f"--exploration-policies {path}: actor {e} is not a finite {n}-agent actor of this env "
+                           f"(hidden {args.hidden_dim}); expected {what}")
+    return saved["actors"]
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
 def main(args: Args) -> dict:
     args, settings, train_tasks, test_tasks = setup(args)
+    torch.set_num_threads(args.torch_threads)  # before any torch work (see --torch-threads)
     train_envs = [make_env(args.env_id, task, **settings) for task in train_tasks]
     spaces = env_spaces(train_envs[0])
     n, obs_dim, act_dim, discrete, _, _ = spaces
+    if args.exploration_policies is not None:  # MESA: meta-test only
+        exploration_actors = load_exploration_policies(args, settings, spaces)
     T = train_envs[0].max_steps
     scale = report_scale(args.env_id, T)
 
@@ -642,11 +838,27 @@ def main(args: Args) -> dict:
     # seeding: one block; env resets are seeded with seed and the episode index below
     rng, sample_generator = seed_everything(args.seed, args.torch_deterministic)
 
-    torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     episode = 0  # counts every episode of every phase: the env reset seeds
     warmup_policy = random_policy(spaces, rng)
+    progress = Progress()
+
+    def stop(error: Exception, step: int):
+        """End the run between two episodes (Ctrl-C, or a non-finite value): the current learner
+        saved for inspection, the logs closed."""
+        path = f"runs/{run_name}/checkpoint.pt"
+        save_file({"phase": phase, "step": step, **{name: getattr(learner, name).state_dict() for name in (
+            "actor", "critic", "target_actor", "target_critic", "actor_optimizer", "critic_optimizer")}}, path)
+        progress.close()
+        writer.close()
+        raise type(error)(f"{error}; checkpoint in {path}")
+
+    def check_finite(values: dict, step: int):
+        """stop() with NonFinite naming each of {name: float} that is NaN or infinite."""
+        bad = [name for name, value in values.items() if not math.isfinite(value)]
+        if bad:
+            stop(NonFinite(f"{', '.join(bad)} not finite at step {step} of {phase}"), step)
 
     meta_train_stats = {"exploration_rewards": []}  # MESA: Eq. 6 return of each policy's last batch, |M*|, clusters covered
     if args.exploration_policies is None:
@@ -659,10 +871,15 @@ def main(args: Args) -> dict:
             rb = TrajectoryBuffer(args.buffer_size, n, T, obs_dim, act_dim, device)
             explore_policy = learner_policy(learner, "explore", device)
             task_step, next_train = 0, args.learning_starts
+            phase = f"collect task {i + 1}/{len(train_envs)}"
+            progress.phase(phase, steps_per_task)
             while task_step < steps_per_task:
+                if STOP_REQUESTED[0]:
+                    stop(Interrupted(f"at step {task_step} of {phase}"), task_step)
                 # COLLECT
                 policy = warmup_policy if task_step < args.learning_starts else explore_policy
                 ep = run_episode(env, policy, args.seed * 1_000_003 + episode, spaces)
+                check_finite({"actions": ep["return"]}, task_step)  # the return is NaN iff an action was
                 rb.add(ep)
                 episode += 1
                 steps = int(ep["mask"].sum())
@@ -675,7 +892,10 @@ def main(args: Args) -> dict:
                 # CRITIC + ACTOR
                 task_step += steps
                 _, next_train = train_steps(learner, rb, task_step, next_train, args, sample_generator)
-            writer.add_scalar("charts/collect_return", evaluate(env, learner, 1, 10**9 + episode, spaces, device) * scale, i)
+                progress.update(task_step)
+            collect_return = evaluate(env, learner, 1, 10**9 + episode, spaces, device)
+            check_finite({"greedy actions": collect_return}, task_step)
+            writer.add_scalar("charts/collect_return", collect_return * scale, i)
         mstar_features, mstar_rewards = torch.cat(mstar_features), torch.cat(mstar_rewards)  # [M, D], [M]
         if mstar_features.shape[0] == 0:  # then one pair of reward 0 stands in: Eq. 6 pays nothing
             print("warning: M* is empty (no training episode reached R*): raise --collect-steps", file=sys.stderr)
@@ -702,11 +922,16 @@ def main(args: Args) -> dict:
             last_batch, last_rewards = [], []  # clusters visited and Eq. 6 returns of the latest batch_size trajectories
             policy_step, next_train, next_log = 0, args.learning_starts, 0
             losses = {}
+            phase = f"explorer {e + 1}/{args.num_exploration_policies}"
+            progress.phase(phase, steps_per_policy)
             while policy_step < steps_per_policy:
+                if STOP_REQUESTED[0]:
+                    stop(Interrupted(f"at step {policy_step} of {phase}"), policy_step)
                 # COLLECT on a uniformly drawn training task
                 env = train_envs[rng.integers(len(train_envs))]
                 policy = warmup_policy if policy_step < args.learning_starts else explore_policy
                 ep = run_episode(env, policy, args.seed * 1_000_003 + episode, spaces)
+                check_finite({"actions": ep["return"]}, policy_step)  # the return is NaN iff an action was
                 episode += 1
                 steps = int(ep["mask"].sum())
 
@@ -728,11 +953,14 @@ def main(args: Args) -> dict:
 
                 # LOG
                 if policy_step >= next_log:
+                    logged = {f"losses/{name}_policy{e}": value.item() for name, value in losses.items()}  # host sync, once per log
+                    check_finite(logged, policy_step)
                     writer.add_scalar(f"charts/exploration_reward_policy{e}", float(reward.sum()), policy_step)
                     writer.add_scalar(f"charts/task_return_policy{e}", ep["return"] * scale, policy_step)
-                    for name, value in losses.items():
-                        writer.add_scalar(f"losses/{name}_policy{e}", value.item(), policy_step)  # host sync, once per log
+                    for tag, value in logged.items():
+                        writer.add_scalar(tag, value, policy_step)
                     next_log += args.log_frequency
+                progress.update(policy_step)
             # N_hat += visitation counts of the policy's last batch (Algorithm 1 line 19)
             global_counts += torch.bincount(torch.cat(last_batch), minlength=global_counts.shape[0]).float()
             writer.add_scalar("charts/clusters_covered", int((global_counts > 0).sum()), e)
@@ -740,12 +968,11 @@ def main(args: Args) -> dict:
             meta_train_stats["exploration_rewards"].append(float(np.mean(last_rewards)))
         meta_train_stats.update(mstar_size=mstar_features.shape[0], clusters_covered=int((global_counts > 0).sum()))
         policies_path = f"runs/{run_name}/exploration_policies.pt"
-        torch.save({"env_id": args.env_id, "settings": settings, "spaces": spaces[:4], "hidden_dim": args.hidden_dim,
-                    "actors": exploration_actors}, policies_path)
+        # plain containers, numbers and tensors only: --exploration-policies loads it with weights_only=True
+        save_file({"env_id": args.env_id, "settings": settings, "spaces": spaces[:4], "hidden_dim": args.hidden_dim,
+                   "actors": exploration_actors}, policies_path)
     else:
-        policies_path = args.exploration_policies
-        saved = torch.load(policies_path, map_location=device, weights_only=False)  # checked in setup()
-        exploration_actors = saved["actors"]
+        policies_path = args.exploration_policies  # loaded and checked above
     # ================= META-TESTING (Algorithm 2) =================
     # MESA: reseed, so meta-testing is the same run whether the policies were just trained or loaded
     rng, sample_generator = seed_everything(args.seed + 1, args.torch_deterministic)
@@ -764,7 +991,11 @@ def main(args: Args) -> dict:
         global_step, next_train, next_eval, next_log = 0, args.learning_starts, 0, 0
         start_time, learning_start_step = None, None
         losses = {}
+        phase = f"test task {j + 1}/{len(test_tasks)}"
+        progress.phase(phase, args.total_timesteps)
         while global_step < args.total_timesteps:
+            if STOP_REQUESTED[0]:
+                stop(Interrupted(f"at step {global_step} of {phase}"), global_step)
             # COLLECT: with probability eps(t) a uniformly chosen exploration policy plays the episode
             eps = exploration_probability(global_step, args.total_timesteps, args.exploration_start,
                                           args.exploration_end, args.exploration_anneal_fraction)
@@ -773,6 +1004,7 @@ def main(args: Args) -> dict:
             else:
                 policy = warmup_policy if global_step < args.learning_starts else explore_policy
             ep = run_episode(env, policy, args.seed * 1_000_003 + episode, spaces)
+            check_finite({"actions": ep["return"]}, global_step)  # the return is NaN iff an action was
             rb.add(ep)
             steps = int(ep["mask"].sum())
             global_step, episode = global_step + steps, episode + 1
@@ -785,23 +1017,30 @@ def main(args: Args) -> dict:
             losses = new_losses or losses
 
             # EVAL: greedy policy on the test task
+            eval_return = None
             if global_step >= next_eval:
                 eval_return = evaluate(eval_env, learner, args.eval_episodes, 10**9 + episode, spaces, device) * scale
+                check_finite({"greedy actions": eval_return}, global_step)
                 writer.add_scalar(f"eval/episodic_return_task{j}", eval_return, global_step)
                 next_eval += args.eval_frequency
 
             # LOG
             if global_step >= next_log and losses:
+                logged = {f"losses/{name}_task{j}": value.item() for name, value in losses.items()}  # host sync, once per log
+                check_finite(logged, global_step)
                 writer.add_scalar(f"charts/exploration_probability_task{j}", eps, global_step)
-                for name, value in losses.items():
-                    writer.add_scalar(f"losses/{name}_task{j}", value.item(), global_step)  # host sync, once per log
+                for tag, value in logged.items():
+                    writer.add_scalar(tag, value, global_step)
                 sps = int((global_step - learning_start_step) / max(time.time() - start_time, 1e-9))
                 writer.add_scalar("charts/SPS", sps, global_step)
                 next_log += args.log_frequency
+            progress.update(global_step, eval_return)
         test_returns.append(evaluate(eval_env, learner, args.eval_episodes, 10**9 + episode, spaces, device) * scale)
+        check_finite({"greedy actions": test_returns[-1]}, global_step)
         test_actors.append(copy.deepcopy(learner.actor.state_dict()))
         writer.add_scalar("eval/test_return_per_task", test_returns[-1], j)
 
+    progress.close()
     test_return = float(np.mean(test_returns))
     writer.add_scalar("eval/test_return", test_return, 0)
     writer.close()
@@ -812,10 +1051,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    cli_args = tyro.cli(Args)
-    try:  # argument/config validation only: a one-line error and exit code 2, no traceback
-        setup(cli_args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    main(cli_args)
+    cli(main, Args)

@@ -38,8 +38,10 @@ import copy
 import math
 import os
 import random
+import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -48,9 +50,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
+from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for envs/
-from envs.multiagent import ENV_IDS, check_disjoint, make_env, sample_tasks  # noqa: E402
+from envs.multiagent import DEFAULT_SETTINGS, ENV_IDS, check_disjoint, make_env, sample_tasks  # noqa: E402
 
 
 @dataclass
@@ -144,10 +147,10 @@ PAPER_DEFAULTS = {  # Appendix B.2 Table 1, per environment; "ours" where the pa
 
 def resolve_args(args, *extra_defaults):
     """A copy of args with every None hyperparameter set to the paper's value for args.env_id
-    (PAPER_DEFAULTS, then each extra {env_id: {field: value}} table); ValueError (one line,
+    (PAPER_DEFAULTS, then each extra {env_id: {field: value}} table); BadInput (one line,
     naming what is valid) for an unknown env id."""
     if args.env_id not in ENV_IDS:
-        raise ValueError(f"unknown --env-id {args.env_id!r}; valid: {', '.join(ENV_IDS)}")
+        raise BadInput(f"--env-id {args.env_id}: must be one of {', '.join(ENV_IDS)}")
     args = copy.copy(args)
     for table in (PAPER_DEFAULTS, *extra_defaults):
         for name, value in table[args.env_id].items():
@@ -158,18 +161,41 @@ def resolve_args(args, *extra_defaults):
     return args
 
 
+# (envs.multiagent's setting, the Args field that sets it)
+ENV_FLAGS = (("n", "n_agents"), ("U", "num_actions"), ("k", "k"), ("S", "stages"), ("max_steps", "max_steps"))
+
+
 def env_settings(args) -> dict:
-    """The env settings given on the command line, under envs.multiagent's names; the env
-    rejects (ValueError, one line) a setting it does not have or an impossible value."""
-    named = {"n": args.n_agents, "U": args.num_actions, "k": args.k, "S": args.stages, "max_steps": args.max_steps}
-    return {key: value for key, value in named.items() if value is not None}
+    """The env settings given on the command line, under envs.multiagent's names. The env checks
+    them (U >= 2, k <= n, ...) when it draws and builds a task; adding them one at a time tells
+    which flag it refuses: BadInput `--flag VALUE: <the env's reason>`."""
+    settings = {}
+    for key, name in ENV_FLAGS:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        flag = f"--{name.replace('_', '-')} {value}"
+        if key not in DEFAULT_SETTINGS[args.env_id]:
+            valid = ", ".join(f"--{field.replace('_', '-')}" for k, field in ENV_FLAGS if k in DEFAULT_SETTINGS[args.env_id])
+            raise BadInput(f"{flag}: not a setting of {args.env_id} (its settings: {valid})")
+        settings[key] = value
+        try:  # one task drawn and one env built per flag given (for Swimmer, a MuJoCo model loaded: milliseconds)
+            _, (task,) = sample_tasks(args.env_id, 0, 1, 0, **settings)
+            make_env(args.env_id, task, **settings).close()
+        except ValueError as error:
+            raise BadInput(f"{flag}: {error}") from None
+    return settings
 
 
 def draw_tasks(args, settings):
-    """(train_tasks, test_tasks) of args.task_seed, checked disjoint; ValueError (one line) on an
-    impossible setting or count (envs.multiagent checks k <= n, U >= 2, ...)."""
-    train_tasks, test_tasks = sample_tasks(args.env_id, args.num_train_tasks, args.num_test_tasks, args.task_seed, **settings)
-    check_disjoint(train_tasks, test_tasks)
+    """(train_tasks, test_tasks) of args.task_seed, checked disjoint; BadInput (one line) when the
+    task space holds fewer distinct tasks than asked for."""
+    try:
+        train_tasks, test_tasks = sample_tasks(args.env_id, args.num_train_tasks, args.num_test_tasks, args.task_seed, **settings)
+    except ValueError as error:
+        counts = f"--num-train-tasks {args.num_train_tasks} and --num-test-tasks {args.num_test_tasks}"
+        raise BadInput(f"{counts}: {error}") from None
+    check_disjoint(train_tasks, test_tasks)  # a bug of the draw if it fails, not bad input
     return train_tasks, test_tasks
 
 
@@ -393,20 +419,24 @@ def run_episode(env, policy, seed, spaces):
     """Play one episode. policy(obs [n, obs] tensor, h) -> (actions [n, act] one-hot or in
     [-1, 1], h). Returns numpy arrays padded to T = env.max_steps: obs [n, T+1, obs],
     actions [n, T, act], rewards, terminated, mask [T], states [T, state] (env.state() before
-    each action) and the summed reward."""
+    each action) and the summed reward, NaN if the policy gave a non-finite action: the episode
+    stops before the env sees it (MuJoCo fails on a NaN far from its cause), the caller stops the run."""
     n, obs_dim, act_dim, discrete, low, high = spaces
     T, agents = env.max_steps, env.possible_agents
     ep = {"obs": np.zeros((n, T + 1, obs_dim), np.float32), "actions": np.zeros((n, T, act_dim), np.float32),
           "rewards": np.zeros(T, np.float32), "terminated": np.zeros(T, np.float32), "mask": np.zeros(T, np.float32)}
     states = []
     obs, _ = env.reset(seed=seed)
-    h = None
+    h, finite = None, True
     for t in range(T):
         ep["obs"][:, t] = np.stack([np.asarray(obs[a], np.float32).reshape(-1) for a in agents])
         states.append(np.asarray(env.state(), np.float32).reshape(-1))
         actions, h = policy(torch.as_tensor(ep["obs"][:, t]), h)
         actions = actions.cpu().numpy()  # host sync: the env steps on the CPU
         ep["actions"][:, t] = actions
+        if not np.isfinite(actions).all():
+            finite = False
+            break
         if discrete:
             env_actions = actions.argmax(-1)
         else:  # [-1, 1] -> the Box's bounds
@@ -420,7 +450,7 @@ def run_episode(env, policy, seed, spaces):
     # the observation after the last step: bootstrapped from when the episode was truncated
     ep["obs"][:, t + 1] = np.stack([np.asarray(obs[a], np.float32).reshape(-1) for a in agents])
     ep["states"] = np.stack(states)  # [t+1, state]
-    ep["return"] = float(ep["rewards"].sum())
+    ep["return"] = float(ep["rewards"].sum()) if finite else math.nan
     return ep
 
 
@@ -459,20 +489,157 @@ def train_steps(learner, rb, global_step, next_train, args, generator):
 
 
 # ---------------------------------------------------------------------------------------------
-# main
+# Command line, validation
 # ---------------------------------------------------------------------------------------------
+# --- shared: cli ---
+# What every script promises on the command line (README, "Exit codes"): bad input is one line on
+# stderr and exit 2 (as tyro's own parse errors), a NaN or infinity in training one line and exit 3,
+# Ctrl-C one line and exit 130; a traceback means a bug.
+EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class BadInput(ValueError):
+    """An impossible setting or an unusable file, as one line: `--flag VALUE: what is valid`."""
+
+
+class NonFinite(RuntimeError):
+    """A NaN or an infinity in training (a loss, a Q-value, an action), named with its step."""
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C: the run stopped between two steps."""
+
+
+def check_range(args, names, low=-math.inf, high=math.inf, *, low_open=False, high_open=False, kind="number"):
+    """BadInput unless every field of `args` in `names` is a finite number in the interval (ends
+    included unless open); `kind="integer"` also refuses a non-integer."""
+    for name in names:
+        value = getattr(args, name)
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (math.isfinite(value) and above and below and (kind != "integer" or float(value).is_integer())):
+            bounds = [f"{op} {int(end) if float(end).is_integer() else end}" for op, end, used in (
+                (">" if low_open else ">=", low, low > -math.inf), ("<" if high_open else "<=", high, high < math.inf)) if used]
+            valid = f"must be {'an integer' if kind == 'integer' else 'a finite number'} {' and '.join(bounds)}".rstrip()
+            raise BadInput(f"--{name.replace('_', '-')} {value}: {valid}")
+
+
+def save_file(obj, path: str) -> None:
+    """torch.save, atomically: a file interrupted while being written never replaces a good one."""
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_file(path: str, flag: str, what: str):
+    """torch.load of a file a user names, with weights_only=True (tensors and plain containers,
+    never code); BadInput if it is missing, empty, truncated, corrupt or not a torch file."""
+    if not os.path.isfile(path):
+        raise BadInput(f"{flag} {path}: no such file; expected {what}")
+    try:
+        with warnings.catch_warnings():  # torch warns about a raw pickle's protocol before refusing it: one line is ours
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError, EOFError, RuntimeError (zip), ...: all the same to the user
+        raise BadInput(f"{flag} {path}: not a readable torch file ({type(error).__name__}); expected {what}") from None
+
+
+class Progress:
+    """Phase, steps, steps per second, time left and the last evaluation: a tqdm bar when stdout is
+    a terminal, a plain line every `every` seconds otherwise (log files, pipes, clusters)."""
+
+    def __init__(self, every: float = 30.0):
+        self.every, self.bar, self.last_eval = every, None, "-"
+        self.interactive = sys.stdout.isatty()
+
+    def phase(self, name: str, total: int, start: int = 0) -> None:
+        """Begin a phase counting steps from `start` to `total` (the rate is measured within it)."""
+        self.close()
+        self.name, self.total, self.step, self.last_eval = name, total, start, "-"
+        self.last_step, self.last_time, self.sps = start, time.time(), 0.0
+        if self.interactive:
+            self.bar = tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True, file=sys.stdout)
+
+    def update(self, step: int, eval_return: float | None = None) -> None:
+        if eval_return is not None:
+            self.last_eval = f"{eval_return:.4g}"
+        if self.bar is not None:
+            self.bar.update(step - self.step)
+            self.bar.set_postfix_str(f"eval_return={self.last_eval}", refresh=False)
+        elif time.time() - self.last_time >= self.every or eval_return is not None:
+            now = time.time()
+            if now - self.last_time >= 1.0:  # the rate over the last line's interval (not over an instant)
+                self.sps = (step - self.last_step) / (now - self.last_time)
+                self.last_step, self.last_time = step, now
+            left = (self.total - step) / self.sps if self.sps > 0 else math.inf
+            eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 * 365 else "?"
+            print(f"{self.name}: step {step}/{self.total} ({100 * step / self.total:.0f}%), {self.sps:.1f} steps/s, "
+                  f"{eta} left, eval_return {self.last_eval}", flush=True)
+        self.step = step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+STOP_REQUESTED = [False]  # set by the first Ctrl-C under `cli`; the training loop stops at its next step
+
+
+def cli(main, args_type) -> None:
+    """`main(tyro.cli(args_type))` with the exit codes above: bad input, a non-finite value and
+    Ctrl-C end in one line on stderr, never a traceback. The first Ctrl-C asks the loop to stop
+    at its next step (it checkpoints when checkpointing is on); a second stops at once."""
+
+    def request_stop(signum, frame):
+        STOP_REQUESTED[0] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: KeyboardInterrupt at once
+
+    argv = sys.argv[1:]
+    if "--resume" in argv[-1:] or any(a == "--resume" and b.startswith("--") for a, b in zip(argv, argv[1:])):
+        argv.insert(argv.index("--resume") + 1, "latest")  # `--resume` alone: the newest interrupted run of this command
+    args = tyro.cli(args_type, args=argv)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        main(args)
+        return
+    except BadInput as error:
+        message, code = f"error: {error}", EXIT_BAD_INPUT
+    except NonFinite as error:
+        message, code = f"error: {error}", EXIT_NON_FINITE
+    except (Interrupted, KeyboardInterrupt) as error:
+        message, code = f"interrupted: {error or 'stopped at once (second Ctrl-C)'}", EXIT_INTERRUPTED
+    print(message, file=sys.stderr)
+    sys.exit(code)
+# --- end shared ---
+
+
 def setup(args: Args):
-    """(resolved args, env settings, the task to learn); ValueError (one line) on bad input."""
+    """(resolved args, env settings, the task to learn); BadInput (one line) for the first
+    impossible setting, or one that would make the run meaningless."""
     args = resolve_args(args)
+    check_range(args, ("seed", "task_seed"), 0, 2**31 - 1, kind="integer")
+    check_range(args, ("torch_threads", "num_test_tasks", "total_timesteps", "batch_size", "hidden_dim", "train_frequency",
+                       "buffer_size", "eval_frequency", "eval_episodes", "log_frequency"), 1, kind="integer")  # fmt: skip
+    check_range(args, ("num_train_tasks", "learning_starts"), 0, kind="integer")  # the training tasks only fix the draw here
+    check_range(args, ("gamma",), 0, 1)
+    check_range(args, ("tau",), 0, 1, low_open=True)
+    check_range(args, ("learning_rate", "max_grad_norm", "gumbel_temperature"), 0, low_open=True)
+    check_range(args, ("logit_penalty", "exploration_noise"), 0)
+    if args.learning_starts >= args.total_timesteps:  # the run would end untrained and report that as its score
+        raise BadInput(f"--learning-starts {args.learning_starts}: no learning step before the end; "
+                       f"must be < --total-timesteps {args.total_timesteps}")
+    check_range(args, ("test_task_index",), 0, args.num_test_tasks - 1, kind="integer")
     settings = env_settings(args)
     _, test_tasks = draw_tasks(args, settings)
-    if not 0 <= args.test_task_index < len(test_tasks):
-        raise ValueError(f"--test-task-index must be in 0..{len(test_tasks) - 1}, got {args.test_task_index}")
     return args, settings, test_tasks[args.test_task_index]
 
 
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
 def main(args: Args) -> dict:
     args, settings, task = setup(args)
+    torch.set_num_threads(args.torch_threads)  # before any torch work (see --torch-threads)
     env, eval_env = make_env(args.env_id, task, **settings), make_env(args.env_id, task, **settings)
     spaces = env_spaces(env)
     n, obs_dim, act_dim, discrete, _, _ = spaces
@@ -488,7 +655,6 @@ def main(args: Args) -> dict:
     # seeding: one block; env resets are seeded with seed and the episode index below
     rng, sample_generator = seed_everything(args.seed, args.torch_deterministic)
 
-    torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     learner = MADDPG(n, obs_dim, act_dim, discrete, args, device)
@@ -498,10 +664,33 @@ def main(args: Args) -> dict:
     global_step, episode, next_train, next_eval, next_log = 0, 0, args.learning_starts, 0, 0
     start_time, learning_start_step = None, None
     losses = {}
+    phase = f"test task {args.test_task_index + 1}/{args.num_test_tasks}"  # the phase name of mesa_maddpg.py's meta-testing
+    progress = Progress()
+    progress.phase(phase, args.total_timesteps)
+
+    def stop(error: Exception, step: int):
+        """End the run between two episodes (Ctrl-C, or a non-finite value): the learner saved for
+        inspection, the logs closed."""
+        path = f"runs/{run_name}/checkpoint.pt"
+        save_file({"phase": phase, "step": step, **{name: getattr(learner, name).state_dict() for name in (
+            "actor", "critic", "target_actor", "target_critic", "actor_optimizer", "critic_optimizer")}}, path)
+        progress.close()
+        writer.close()
+        raise type(error)(f"{error}; checkpoint in {path}")
+
+    def check_finite(values: dict, step: int):
+        """stop() with NonFinite naming each of {name: float} that is NaN or infinite."""
+        bad = [name for name, value in values.items() if not math.isfinite(value)]
+        if bad:
+            stop(NonFinite(f"{', '.join(bad)} not finite at step {step} of {phase}"), step)
+
     while global_step < args.total_timesteps:
+        if STOP_REQUESTED[0]:
+            stop(Interrupted(f"at step {global_step} of {phase}"), global_step)
         # COLLECT: uniformly random actions for the first learning_starts steps
         policy = warmup_policy if global_step < args.learning_starts else explore_policy
         ep = run_episode(env, policy, args.seed * 1_000_003 + episode, spaces)
+        check_finite({"actions": ep["return"]}, global_step)  # the return is NaN iff an action was
         rb.add(ep)
         steps = int(ep["mask"].sum())
         global_step, episode = global_step + steps, episode + 1
@@ -514,20 +703,27 @@ def main(args: Args) -> dict:
         losses = new_losses or losses
 
         # EVAL: greedy policy on the task
+        eval_return = None
         if global_step >= next_eval:
             eval_return = evaluate(eval_env, learner, args.eval_episodes, 10**9 + episode, spaces, device) * scale
+            check_finite({"greedy actions": eval_return}, global_step)
             writer.add_scalar("eval/episodic_return", eval_return, global_step)
             next_eval += args.eval_frequency
 
         # LOG
         if global_step >= next_log and losses:
-            for name, value in losses.items():
-                writer.add_scalar(f"losses/{name}", value.item(), global_step)  # host sync, once per log
+            logged = {f"losses/{name}": value.item() for name, value in losses.items()}  # host sync, once per log
+            check_finite(logged, global_step)
+            for tag, value in logged.items():
+                writer.add_scalar(tag, value, global_step)
             sps = int((global_step - learning_start_step) / max(time.time() - start_time, 1e-9))
             writer.add_scalar("charts/SPS", sps, global_step)
             next_log += args.log_frequency
+        progress.update(global_step, eval_return)
 
+    progress.close()
     test_return = evaluate(eval_env, learner, args.eval_episodes, 10**9 + episode, spaces, device) * scale
+    check_finite({"greedy actions": test_return}, global_step)
     writer.add_scalar("eval/test_return", test_return, global_step)
     writer.close()
     print(f"test_return={test_return:.4f}")
@@ -536,10 +732,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    cli_args = tyro.cli(Args)
-    try:  # argument/config validation only: a one-line error and exit code 2, no traceback
-        setup(cli_args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    main(cli_args)
+    cli(main, Args)

@@ -103,7 +103,7 @@ def main(a: Args) -> None:
         policies_path, learners["MESA, all policies"] = result["exploration_policies"], result["test_actors"][0]
     else:
         policies_path = a.exploration_policies
-    saved = torch.load(policies_path, map_location=device, weights_only=False)
+    saved = torch.load(policies_path, map_location=device, weights_only=True)
     for e in a.alone:
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "one_policy.pt")

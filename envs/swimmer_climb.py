@@ -34,11 +34,16 @@ from __future__ import annotations
 
 import math
 
+import farama_notifications  # a dependency of gymnasium
 import numpy as np
 from gymnasium import spaces
-from gymnasium_robotics.envs.multiagent_mujoco.mujoco_multi import MultiAgentMujocoEnv
 
-from envs.climb import check_task_counts, climb_reward, task_rng
+# gymnasium_robotics prints a note on its Adroit hand environments to stderr when imported (from
+# farama_notifications); it says nothing about Swimmer, so it is dropped before the import
+farama_notifications.notifications.pop("gymnasium_robotics", None)
+from gymnasium_robotics.envs.multiagent_mujoco.mujoco_multi import MultiAgentMujocoEnv  # noqa: E402
+
+from envs.climb import check_task_counts, climb_reward, task_rng  # noqa: E402
 
 JOINT_LIMIT = math.radians(100.0)  # Swimmer-v5's hinge range: motor1_rot, motor2_rot in [-100 deg, 100 deg]
 ALPHA_MAX = math.radians(30.0)  # task space (-30 deg, 30 deg), B.1.3

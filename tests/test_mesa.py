@@ -176,18 +176,18 @@ def test_command_line(script, tmp_path):
            "--learning-starts", "50", "--batch-size", "4", "--num-train-tasks", "2", "--num-test-tasks", "1",
            "--eval-episodes", "1", "--no-cuda"]
     if script == "mesa_maddpg.py":
-        cmd += ["--collect-steps", "100", "--meta-train-steps", "100", "--num-exploration-policies", "2"]
+        cmd += ["--collect-steps", "100", "--meta-train-steps", "200", "--num-exploration-policies", "2"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert re.fullmatch(r"test_return=-?\d+\.\d+", out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("bad, message", [
-    (["--env-id", "pong"], "valid: climb-one-step, climb-multi-stage, mpe-climb, swimmer-climb"),
-    (["--env-id", "mpe-climb", "--k", "3"], "k"),  # k > n = 2
-    (["--env-id", "climb-one-step", "--num-actions", "1"], "U"),  # U < 2
+    (["--env-id", "pong"], "--env-id pong: must be one of climb-one-step, climb-multi-stage, mpe-climb, swimmer-climb"),
+    (["--env-id", "mpe-climb", "--k", "3"], "--k 3: k must be"),  # k > n = 2
+    (["--env-id", "climb-one-step", "--num-actions", "1"], "--num-actions 1: U"),  # U < 2
     (["--env-id", "climb-one-step", "--num-train-tasks", "18", "--num-test-tasks", "5"], "distinct tasks"),
-    (["--env-id", "climb-one-step", "--stages", "3"], "valid settings"),  # S is not a one-step setting
+    (["--env-id", "climb-one-step", "--stages", "3"], "--stages 3: not a setting of climb-one-step"),  # S: multi-stage only
 ])
 @pytest.mark.parametrize("script", ["baselines/maddpg.py", "mesa_maddpg.py"])
 def test_bad_input_one_line_error(script, bad, message):
@@ -201,7 +201,8 @@ def test_bad_input_one_line_error(script, bad, message):
 def test_missing_exploration_policies_file_one_line_error():
     out = subprocess.run([PYTHON, os.path.join(ROOT, "mesa_maddpg.py"), "--exploration-policies", "nope.pt"],
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and out.stderr.strip() == "error: --exploration-policies 'nope.pt': no such file (a run's exploration_policies.pt)"
+    assert out.returncode == 2 and out.stderr.strip() == ("error: --exploration-policies nope.pt: no such file; expected exploration "
+                                                          "policies saved by mesa_maddpg.py (exploration_policies.pt in a run folder)")
 
 
 def test_test_task_that_is_a_training_task_is_refused(monkeypatch):
@@ -266,7 +267,7 @@ def test_mesa_exploration_policies_cover_distinct_parts_of_mstar(tmp_path):
     # 1 = r_hat 1 at count 1 in its last batch) and, through the global count N_hat, each one
     # in a cluster no earlier policy covered (4 policies -> 4 clusters)
     args = replace(mesa.Args(env_id="climb-one-step"), task_seed=0, num_test_tasks=1, collect_steps=3000,
-                   meta_train_steps=8000, total_timesteps=100, learning_starts=500, eval_episodes=1, cuda=False)
+                   meta_train_steps=8000, total_timesteps=501, learning_starts=500, eval_episodes=1, cuda=False)
     result = mesa.main(args)
     assert result["mstar_size"] > 10
     assert result["exploration_rewards"] == [1.0, 1.0, 1.0, 1.0]
