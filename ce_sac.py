@@ -31,14 +31,17 @@ action spaces; on CPU two runs with the same seed are identical. What stays nond
 CUDA kernels that use atomics (e.g. some backward passes), even with `--torch-deterministic`.
 """
 
+import glob
+import json
 import math
 import os
 import random
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -49,6 +52,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from envs.dmc import make_env
+
+SCRIPT = "ce_sac.py"  # in checkpoints: a checkpoint resumes only in the script that wrote it
 
 
 @dataclass
@@ -65,6 +70,10 @@ class Args:
     """CPU threads of torch; 1 is fastest for these small networks (measured 2-cores: more threads spin-wait) and keeps runs identical across machines"""
     save_model: bool = False
     """save all agents and the encoder to `runs/{run_name}/{exp_name}.pt` at the end"""
+    checkpoint_every: int = 0
+    """env steps between checkpoints of the whole training state, `runs/{run_name}/checkpoint.pt` (0: none)"""
+    resume: Optional[str] = None
+    """continue an interrupted run bit for bit: `--resume` alone the newest one of this command under runs/, or a run folder or checkpoint"""
 
     env_id: str = "cheetah-run"
     """DMC task as `domain-task` (Table 1: the DMC15) or a gymnasium id with continuous actions"""
@@ -309,6 +318,18 @@ class ReplayBuffer:
         idx = torch.randint(filled, (batch_size,), device=self.device)  # [B]
         return idx, Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminations[idx])
 
+    def state_dict(self) -> dict:
+        """The filled rows of every field (cloned: a slice would save the whole storage) and the write counter."""
+        filled = min(self.rounds_added, self.capacity_rounds) * self.num_agents
+        fields = {name: value[:filled].clone() for name, value in vars(self).items() if isinstance(value, torch.Tensor)}
+        return {"rounds_added": self.rounds_added, **fields}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rounds_added = state["rounds_added"]
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                value[: len(state[name])] = state[name]
+
     def same_episode(self, idx: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # CE
         """Rows [B, K] of the same agent `offsets` [K] of its own steps away from rows idx [B], and
         whether each holds the same episode: written exactly d rounds later (so not overwritten
@@ -444,7 +465,9 @@ def load_file(path: str, flag: str, what: str):
     if not os.path.isfile(path):
         raise BadInput(f"{flag} {path}: no such file; expected {what}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a raw pickle's protocol before refusing it: one line is ours
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError, EOFError, RuntimeError (zip), ...: all the same to the user
         raise BadInput(f"{flag} {path}: not a readable torch file ({type(error).__name__}); expected {what}") from None
 
@@ -460,7 +483,7 @@ class Progress:
     def phase(self, name: str, total: int, start: int = 0) -> None:
         """Begin a phase counting steps from `start` to `total` (the rate is measured within it)."""
         self.close()
-        self.name, self.total, self.step = name, total, start
+        self.name, self.total, self.step, self.last_eval = name, total, start, "-"
         self.last_step, self.last_time, self.sps = start, time.time(), 0.0
         if self.interactive:
             self.bar = tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True, file=sys.stdout)
@@ -473,12 +496,13 @@ class Progress:
             self.bar.set_postfix_str(f"eval_return={self.last_eval}", refresh=False)
         elif time.time() - self.last_time >= self.every or eval_return is not None:
             now = time.time()
-            self.sps = (step - self.last_step) / max(now - self.last_time, 1e-9)
+            if now - self.last_time >= 1.0:  # the rate over the last line's interval (not over an instant)
+                self.sps = (step - self.last_step) / (now - self.last_time)
+                self.last_step, self.last_time = step, now
             left = (self.total - step) / self.sps if self.sps > 0 else math.inf
             eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 * 365 else "?"
             print(f"{self.name}: step {step}/{self.total} ({100 * step / self.total:.0f}%), {self.sps:.1f} steps/s, "
                   f"{eta} left, eval_return {self.last_eval}", flush=True)
-            self.last_step, self.last_time = step, now
         self.step = step
 
     def close(self) -> None:
@@ -499,7 +523,10 @@ def cli(main, args_type) -> None:
         STOP_REQUESTED[0] = True
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: KeyboardInterrupt at once
 
-    args = tyro.cli(args_type)
+    argv = sys.argv[1:]
+    if "--resume" in argv[-1:] or any(a == "--resume" and b.startswith("--") for a, b in zip(argv, argv[1:])):
+        argv.insert(argv.index("--resume") + 1, "latest")  # `--resume` alone: the newest interrupted run of this command
+    args = tyro.cli(args_type, args=argv)
     signal.signal(signal.SIGINT, request_stop)
     try:
         main(args)
@@ -515,13 +542,116 @@ def cli(main, args_type) -> None:
 # --- end shared ---
 
 
+# --- shared: checkpoint ---
+# Exact resume (--checkpoint-every, --resume): a checkpoint holds every tensor, counter and random generator that
+# decides what happens next. Environments are not pickled (loading a file must never run code): each one is
+# rebuilt from the state of its generator just before its last reset, and the actions of its episode so far.
+NOT_COMPARED_ON_RESUME = ("resume", "checkpoint_every", "torch_threads", "cuda", "save_model")  # may change between tries
+
+
+def rng_state(rng) -> dict:
+    """The state of a numpy RandomState (dm_control's) or Generator (gymnasium's) as plain values and tensors."""
+    if isinstance(rng, np.random.RandomState):
+        state = rng.get_state(legacy=False)
+        return {**state, "state": {"key": torch.from_numpy(state["state"]["key"].astype(np.int64)), "pos": state["state"]["pos"]}}
+    return rng.bit_generator.state
+
+
+def set_rng_state(rng, state: dict) -> None:
+    if isinstance(rng, np.random.RandomState):
+        rng.set_state({**state, "state": {"key": state["state"]["key"].numpy().astype(np.uint32), "pos": state["state"]["pos"]}})
+    else:
+        rng.bit_generator.state = state
+
+
+def global_rng_states() -> dict:
+    """Python's, numpy's and torch's global generators (CPU and every GPU)."""
+    return {"python": random.getstate(), "numpy": rng_state(np.random.mtrand._rand), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_global_rng_states(state: dict) -> None:
+    random.setstate(state["python"])
+    set_rng_state(np.random.mtrand._rand, state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def replay_episode(env, reset: dict, actions: list) -> np.ndarray:
+    """Rebuild an environment mid-episode: reset it as its episode began (`reset` holds the reset's seed, or the
+    state of its generator just before an unseeded reset), take the episode's actions again, return the observation.
+    MuJoCo and gymnasium's classic-control tasks are deterministic given these."""
+    if "seed" in reset:
+        obs, _ = env.reset(seed=reset["seed"])
+    else:
+        set_rng_state(env.unwrapped.np_random, reset["rng"])
+        obs, _ = env.reset()
+    for action in actions:
+        obs = env.step(action)[0]
+    return obs
+
+
+def settings_of(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in NOT_COMPARED_ON_RESUME}
+
+
+def find_checkpoint(args, script: str) -> str:
+    """The checkpoint that `--resume` names: a file, a run folder, or (`--resume` alone) the newest unfinished
+    run of this command (same script, env, seed and settings) under runs/. BadInput if there is none."""
+    if args.resume != "latest":
+        path = os.path.join(args.resume, "checkpoint.pt") if os.path.isdir(args.resume) else args.resume
+        if not os.path.isfile(path):
+            raise BadInput(f"--resume {args.resume}: no checkpoint there; expected a run folder or its checkpoint.pt")
+        return path
+    candidates = []
+    for folder in glob.glob(f"runs/{args.env_id}__{args.exp_name}__{args.seed}__*"):
+        try:
+            with open(os.path.join(folder, "settings.json")) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if (saved.get("script") == script and saved.get("settings") == settings_of(args)
+                and os.path.isfile(os.path.join(folder, "checkpoint.pt"))
+                and not os.path.exists(os.path.join(folder, "result.json"))):
+            candidates.append(os.path.join(folder, "checkpoint.pt"))
+    if not candidates:
+        raise BadInput(f"--resume: no interrupted run of this command under runs/{args.env_id}__{args.exp_name}__"
+                       f"{args.seed}__*/ (same settings, a checkpoint.pt, no result.json); start it without --resume")
+    return max(candidates, key=os.path.getmtime)
+
+
+def load_checkpoint(args, script: str) -> dict:
+    """The checkpoint `--resume` names, checked to be this script's, resumable, and of the same settings."""
+    path = find_checkpoint(args, script)
+    state = load_file(path, "--resume", f"a checkpoint.pt written by {script}")
+    if not isinstance(state, dict) or state.get("script") != script or "settings" not in state:
+        raise BadInput(f"--resume {path}: not a checkpoint of {script}")
+    if not state.get("resumable", False):
+        raise BadInput(f"--resume {path}: written when a non-finite value stopped the run; it is for inspection only")
+    changed = sorted(k for k in state["settings"].keys() | settings_of(args).keys()
+                     if state["settings"].get(k) != settings_of(args).get(k))
+    if changed:
+        was = " ".join(f"--{k.replace('_', '-')} {state['settings'].get(k)}" for k in changed)
+        raise BadInput(f"--resume {path}: the run was started with {was}; resume it with the same settings")
+    return state
+
+
+def write_json(obj: dict, path: str) -> None:
+    """json.dump, atomically."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+# --- end shared ---
+
+
 def validate(args: Args) -> None:
     """BadInput (one line) for the first impossible setting, or one that would make the run meaningless."""
     check_range(args, ("seed",), 0, 2**31 - 1, kind="integer")
     check_range(args, ("torch_threads", "total_timesteps", "buffer_size", "batch_size", "utd", "eval_every",
                        "eval_episodes", "log_every", "num_agents", "knn_k", "memory_size", "memory_skip",
                        "positive_horizon", "unroll_samples", "qclassifier_horizon", "encoder_dim"), 1, kind="integer")  # fmt: skip
-    check_range(args, ("learning_starts",), 0, kind="integer")
+    check_range(args, ("learning_starts", "checkpoint_every"), 0, kind="integer")
     if args.learning_starts >= args.total_timesteps:  # the run would end untrained and report that as its score
         raise BadInput(f"--learning-starts {args.learning_starts}: no learning step before the end; must be < --total-timesteps {args.total_timesteps}")
     check_range(args, ("gamma", "ego_weight", "unroll_eps"), 0, 1)
@@ -549,8 +679,11 @@ def main(args: Args) -> dict:
     torch.set_num_threads(args.torch_threads)  # before any torch work (see --torch-threads)
     N = args.num_agents  # CE
     eval_mode = "softmax" if args.col_eval else args.eval_mode  # CE: Col-Eval of Table 6 is the softmax mode
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    writer = SummaryWriter(f"runs/{run_name}")
+    resume = load_checkpoint(args, SCRIPT) if args.resume else None  # BadInput for a missing or mismatched one
+    run_name = resume["run_name"] if resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    # a resumed run drops what the interrupted one logged after its checkpoint, and logs it again
+    writer = SummaryWriter(f"runs/{run_name}", purge_step=resume["loop"]["global_step"] + 1 if resume else None)
+    write_json({"script": SCRIPT, "settings": settings_of(args)}, f"runs/{run_name}/settings.json")
     writer.add_text(
         "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     )
@@ -602,31 +735,74 @@ def main(args: Args) -> dict:
 
     rb = ReplayBuffer(args.buffer_size // N, N, obs_dim, act_dim, device)
 
+    episode_resets = [{"seed": args.seed + i} for i in range(N)]  # how each env's episode began, and its actions
     obs = np.stack([env.reset(seed=args.seed + i)[0] for i, env in enumerate(envs)])  # [N, O]
+    episode_actions: list[list[np.ndarray]] = [[] for _ in range(N)]  # since: what a resumed run replays
     episode_returns = np.zeros(N)
     episode_steps = np.zeros(N, np.int64)  # CE: position of each agent in its episode
     eval_returns: list[float] = []
-    global_step, next_eval, next_log = 0, args.eval_every, args.log_every
-    learning_start_time, sps = None, 0.0
-    progress = Progress()
-    progress.phase("warm-up", args.learning_starts)
+    global_step, next_eval, next_log, next_checkpoint = 0, args.eval_every, args.log_every, args.checkpoint_every
+    stateful = {"actor": actor, "qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer,
+                "encoder": encoder, "encoder_optimizer": encoder_optimizer,  # CE
+                "q_classifier": q_classifier if eval_mode == "qclassifier" else None,  # CE
+                "q_classifier_optimizer": q_classifier_optimizer if eval_mode == "qclassifier" else None}  # CE
+    checkpoint_path = f"runs/{run_name}/checkpoint.pt"
 
     def model_state() -> dict:
-        """Every network, optimizer and temperature, for `--save-model` and for inspection after a stop."""
-        state = {"global_step": global_step, "actor": actor.state_dict(), "qf": qf.state_dict(),
-                 "qf_target": qf_target.state_dict(), "log_alpha": log_alpha.detach(),
-                 "q_optimizer": q_optimizer.state_dict(), "actor_optimizer": actor_optimizer.state_dict()}
-        state["encoder"] = encoder.state_dict() if encoder is not None else None  # CE
-        state["q_classifier"] = q_classifier.state_dict() if eval_mode == "qclassifier" else None  # CE
-        return state
+        """Every network, optimizer and temperature: `--save-model`."""
+        return {"global_step": global_step, "log_alpha": log_alpha.detach(),
+                **{name: m.state_dict() if m is not None else None for name, m in stateful.items()}}
+
+    def training_state(resumable: bool = True) -> dict:
+        """Everything that decides the rest of the run: a checkpoint for --resume (or, at a non-finite stop, for inspection)."""
+        return {"script": SCRIPT, "settings": settings_of(args), "run_name": run_name, "resumable": resumable,
+                **model_state(), "buffer": rb.state_dict(), "rng": global_rng_states(),
+                "action_spaces": [rng_state(env.action_space.np_random) for env in envs],
+                "eval_envs": [rng_state(env.unwrapped.np_random) for env in eval_envs],
+                "eval_generator": eval_generator.get_state(),  # CE
+                "memory": (memory_bank, memory_filled) if encoder is not None else None,  # CE
+                "loop": {"global_step": global_step, "next_eval": next_eval, "next_log": next_log,
+                         "next_checkpoint": next_checkpoint, "eval_returns": eval_returns,
+                         "episode_returns": torch.from_numpy(episode_returns), "obs": torch.from_numpy(obs),
+                         "episode_steps": torch.from_numpy(episode_steps),  # CE
+                         "episode_resets": episode_resets,
+                         "episode_actions": [torch.from_numpy(np.asarray(a, np.float32).reshape(-1, act_dim)) for a in episode_actions]}}
 
     def stop(error: Exception):
-        """End the run between two steps (Ctrl-C, or a non-finite value): a checkpoint to inspect, the logs closed."""
-        path = f"runs/{run_name}/checkpoint.pt"
-        save_file(model_state(), path)
+        """End the run between two steps (Ctrl-C, or a non-finite value): a checkpoint, the logs closed."""
+        save_file(training_state(resumable=isinstance(error, Interrupted)), checkpoint_path)
         progress.close()
         writer.close()
-        raise type(error)(f"{error}; checkpoint in {path}")
+        raise type(error)(f"{error}; checkpoint in {checkpoint_path}")
+
+    if resume:  # RESUME: everything built above is overwritten with the checkpoint's state
+        for name, module in stateful.items():
+            if module is not None:
+                module.load_state_dict(resume[name])
+        with torch.no_grad():
+            log_alpha.copy_(resume["log_alpha"])
+        alpha = log_alpha.detach().exp()
+        rb.load_state_dict(resume["buffer"])
+        set_global_rng_states(resume["rng"])
+        for env, saved in zip(envs, resume["action_spaces"]):
+            set_rng_state(env.action_space.np_random, saved)
+        for env, saved in zip(eval_envs, resume["eval_envs"]):
+            set_rng_state(env.unwrapped.np_random, saved)
+        eval_generator.set_state(resume["eval_generator"])  # CE
+        if encoder is not None:  # CE
+            memory_bank.copy_(resume["memory"][0])
+            memory_filled = resume["memory"][1]
+        loop = resume["loop"]
+        global_step, next_eval, next_log, next_checkpoint = (loop[k] for k in ("global_step", "next_eval", "next_log", "next_checkpoint"))
+        eval_returns, episode_returns, episode_resets = loop["eval_returns"], loop["episode_returns"].numpy(), loop["episode_resets"]
+        episode_steps = loop["episode_steps"].numpy()  # CE
+        episode_actions = [list(a.numpy()) for a in loop["episode_actions"]]
+        obs = np.stack([replay_episode(env, reset, a) for env, reset, a in zip(envs, episode_resets, episode_actions)])
+        if not np.array_equal(obs, loop["obs"].numpy()):
+            raise BadInput(f"--resume {args.resume}: the environments did not replay to their saved state (nondeterministic env?)")
+    learning_start_time, sps = None, 0.0
+    progress = Progress()
+    progress.phase("warm-up", args.learning_starts, global_step)
 
     while global_step < args.total_timesteps:
         if STOP_REQUESTED[0]:
@@ -653,6 +829,7 @@ def main(args: Args) -> dict:
         for i, env in enumerate(envs):
             next_obs[i], rewards[i], terminated, truncated, _ = env.step(actions[i])
             terminations[i], dones[i] = terminated, terminated or truncated
+            episode_actions[i].append(actions[i])
         # easy to overlook: only terminations stop the bootstrap; a time-limit truncation (all of DMC) still bootstraps
         rb.add(obs, actions, rewards, next_obs, terminations, dones, episode_steps)  # CE: + episode bookkeeping
         episode_returns += rewards
@@ -664,6 +841,7 @@ def main(args: Args) -> dict:
         obs = next_obs.copy()
         for i in np.flatnonzero(dones):
             writer.add_scalar(f"charts/episodic_return/agent{i}", episode_returns[i], global_step)
+            episode_resets[i], episode_actions[i] = {"rng": rng_state(envs[i].unwrapped.np_random)}, []
             obs[i], _ = envs[i].reset()
             episode_returns[i] = 0.0
             episode_steps[i] = 0  # CE
@@ -790,6 +968,11 @@ def main(args: Args) -> dict:
                 writer.add_scalar(tag, value, global_step)
         progress.update(global_step)
 
+        # CHECKPOINT: atomically (a kill -9 while writing leaves the previous checkpoint whole)
+        if args.checkpoint_every and global_step >= next_checkpoint:
+            next_checkpoint += args.checkpoint_every * ((global_step - next_checkpoint) // args.checkpoint_every + 1)
+            save_file(training_state(), checkpoint_path)
+
     progress.close()
     if args.save_model:
         path = f"runs/{run_name}/{args.exp_name}.pt"
@@ -800,8 +983,10 @@ def main(args: Args) -> dict:
     writer.close()
 
     eval_return = float(np.mean(eval_returns[-10:]))  # Appendix D.1: mean of the last 10 evaluations
+    result = {"eval_return": eval_return, "eval_returns": eval_returns, "global_step": global_step, "run_name": run_name}
+    write_json(result, f"runs/{run_name}/result.json")  # the run is finished: --resume no longer picks it
     print(f"eval_return={eval_return}")
-    return {"eval_return": eval_return, "eval_returns": eval_returns, "sps": sps, "global_step": global_step, "run_name": run_name}
+    return {**result, "sps": sps}
 
 
 if __name__ == "__main__":
