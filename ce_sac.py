@@ -24,7 +24,7 @@ Expect:  the paper reports 877.8 on cheetah-run after 1e6 total env steps (Table
          SAC 847.3); the last printed line is `eval_return=<mean of the last 10 evaluations>`.
 Quick check (a few CPU minutes): python ce_sac.py --env-id Pendulum-v1 --num-agents 2
          --total-timesteps 10000 --learning-starts 1000 --eval-every 1000 --eval-episodes 5 --batch-size 64:
-         agent 0's evaluations rise from about -1300 to above -400 by step 4000-7000 (seeds 1-3).
+         agent 0's evaluations rise from about -1300 to above -400 by step 5000-6000 (seeds 1-3).
 
 Seeding: `--seed` seeds python, numpy, torch, the environments' resets (seed + agent index) and
 action spaces; on CPU two runs with the same seed are identical. What stays nondeterministic:
@@ -185,7 +185,11 @@ LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # jaxrl2's NormalTanhPolicy clips (not sq
 
 
 class Actor(nn.Module):
-    """N tanh-Gaussian policies (jaxrl2's NormalTanhPolicy), MLP 256-256, stacked along agents."""
+    """N tanh-Gaussian policies (jaxrl2's NormalTanhPolicy), MLP 256-256, stacked along agents.
+
+    Actions lie in [-1, 1]^A: envs/dmc.py rescales every env's action box to it (as jaxrl2 does), so
+    the target entropy -0.5 |A| of Table 5 means the same on every task (quadruped's box is not [-1, 1]).
+    """
 
     def __init__(self, env, num_agents: int, shared_torso: bool = False):
         super().__init__()
@@ -195,11 +199,7 @@ class Actor(nn.Module):
         self.fc1 = VectorizedLinear(obs_dim, 256, torso)
         self.fc2 = VectorizedLinear(256, 256, torso)
         self.fc_out = VectorizedLinear(256, 2 * act_dim, num_agents)  # mean and log std
-        # tanh output rescaled to the action bounds (not always [-1, 1]: quadruped)
-        high, low = (torch.as_tensor(b, dtype=torch.float32) for b in (env.action_space.high, env.action_space.low))
-        self.register_buffer("action_scale", (high - low) / 2)
-        self.register_buffer("action_bias", (high + low) / 2)
-        self.log_prob_offset = -act_dim * (0.5 * math.log(2 * math.pi) + 2 * math.log(2)) - float(self.action_scale.log().sum())
+        self.log_prob_offset = -act_dim * (0.5 * math.log(2 * math.pi) + 2 * math.log(2))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """obs [N, B, O] (agent i sees obs[i]) or [B, O] (all agents see the same) -> mean, log_std [N, B, A]."""
@@ -214,18 +214,18 @@ class Actor(nn.Module):
         mean, log_std = self(obs)
         noise = torch.randn_like(mean)
         x = mean + log_std.exp() * noise  # pre-tanh sample
-        action = torch.tanh(x) * self.action_scale + self.action_bias
+        action = torch.tanh(x)
         if not with_log_prob:
             return action, None
         # log N(x; mean, std) - log|da/dx|, with the stable log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x));
-        # the constants (log 2pi, log 2, log action_scale) are summed once, in __init__
+        # the constants (log 2pi, log 2) are summed once, in __init__
         log_prob = (2 * (x + F.softplus(-2 * x)) - log_std).sum(-1) - 0.5 * noise.square().sum(-1)
         return action, log_prob + self.log_prob_offset
 
     def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
         """The deterministic (mean) action [N, B, A] of evaluation. It draws no random numbers, so
         evaluating (how often, with which agent) leaves the training run's random stream alone."""
-        return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
+        return torch.tanh(self(obs)[0])
 
 
 class SoftQNetwork(nn.Module):
@@ -418,6 +418,14 @@ def collaborative_action(candidates: torch.Tensor) -> torch.Tensor:
     is_other = ~torch.eye(N, dtype=torch.bool, device=candidates.device)  # [N_i, N_j]
     score = (sq_dist * is_other[:, :, None, None]).sum((1, 3))  # [N, M]
     return own[agents, score.argmax(1)]  # [N, A]
+
+
+def candidate_actions(actor: "Actor", obs: torch.Tensor, samples: int) -> torch.Tensor:
+    """The input of Eq. 5: obs [N, O] (agent i's observation) -> candidates [N_i, N_j, M, A], M samples of
+    every policy j at every agent i's observation, drawn in one batched actor pass."""
+    N = obs.shape[0]
+    actions, _ = actor.get_action(obs.repeat_interleave(samples, 0), with_log_prob=False)  # [N_j, N_i * M, A]
+    return actions.view(N, N, samples, -1).transpose(0, 1)  # [N_i, N_j, M, A]
 
 
 # --- shared: cli ---
@@ -816,9 +824,7 @@ def main(args: Args) -> dict:
                 actions, _ = actor.get_action(obs_t[:, None], with_log_prob=False)  # [N, 1, A]
                 actions = actions[:, 0]  # [N, A]
                 if args.col_unroll:  # CE: Eq. 5 with probability eps per agent step (4.2)
-                    M = args.unroll_samples
-                    samples, _ = actor.get_action(obs_t.repeat_interleave(M, 0), with_log_prob=False)  # [N_j, N_i * M, A]
-                    candidates = samples.view(N, N, M, act_dim).transpose(0, 1)  # [N_i, N_j, M, A]
+                    candidates = candidate_actions(actor, obs_t, args.unroll_samples)  # [N_i, N_j, M, A]
                     collaborate = torch.rand(N, device=device) < args.unroll_eps  # [N]
                     actions = torch.where(collaborate[:, None], collaborative_action(candidates), actions)
             actions = actions.cpu().numpy()  # host-device sync: the environments live on the host

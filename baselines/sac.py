@@ -134,7 +134,11 @@ LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # jaxrl2's NormalTanhPolicy clips (not sq
 
 
 class Actor(nn.Module):
-    """N tanh-Gaussian policies (jaxrl2's NormalTanhPolicy), MLP 256-256, stacked along agents."""
+    """N tanh-Gaussian policies (jaxrl2's NormalTanhPolicy), MLP 256-256, stacked along agents.
+
+    Actions lie in [-1, 1]^A: envs/dmc.py rescales every env's action box to it (as jaxrl2 does), so
+    the target entropy -0.5 |A| of Table 5 means the same on every task (quadruped's box is not [-1, 1]).
+    """
 
     def __init__(self, env, num_agents: int, shared_torso: bool = False):
         super().__init__()
@@ -144,11 +148,7 @@ class Actor(nn.Module):
         self.fc1 = VectorizedLinear(obs_dim, 256, torso)
         self.fc2 = VectorizedLinear(256, 256, torso)
         self.fc_out = VectorizedLinear(256, 2 * act_dim, num_agents)  # mean and log std
-        # tanh output rescaled to the action bounds (not always [-1, 1]: quadruped)
-        high, low = (torch.as_tensor(b, dtype=torch.float32) for b in (env.action_space.high, env.action_space.low))
-        self.register_buffer("action_scale", (high - low) / 2)
-        self.register_buffer("action_bias", (high + low) / 2)
-        self.log_prob_offset = -act_dim * (0.5 * math.log(2 * math.pi) + 2 * math.log(2)) - float(self.action_scale.log().sum())
+        self.log_prob_offset = -act_dim * (0.5 * math.log(2 * math.pi) + 2 * math.log(2))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """obs [N, B, O] (agent i sees obs[i]) or [B, O] (all agents see the same) -> mean, log_std [N, B, A]."""
@@ -163,18 +163,18 @@ class Actor(nn.Module):
         mean, log_std = self(obs)
         noise = torch.randn_like(mean)
         x = mean + log_std.exp() * noise  # pre-tanh sample
-        action = torch.tanh(x) * self.action_scale + self.action_bias
+        action = torch.tanh(x)
         if not with_log_prob:
             return action, None
         # log N(x; mean, std) - log|da/dx|, with the stable log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x));
-        # the constants (log 2pi, log 2, log action_scale) are summed once, in __init__
+        # the constants (log 2pi, log 2) are summed once, in __init__
         log_prob = (2 * (x + F.softplus(-2 * x)) - log_std).sum(-1) - 0.5 * noise.square().sum(-1)
         return action, log_prob + self.log_prob_offset
 
     def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
         """The deterministic (mean) action [N, B, A] of evaluation. It draws no random numbers, so
         evaluating (how often, with which agent) leaves the training run's random stream alone."""
-        return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
+        return torch.tanh(self(obs)[0])
 
 
 class SoftQNetwork(nn.Module):

@@ -85,3 +85,23 @@ def test_seeding_is_reproducible(env_id):
     np.testing.assert_array_equal(_rollout(env_id, seed=3), _rollout(env_id, seed=3))
     # A different seed must change it, or the first check would hold for an unseeded env too.
     assert not np.array_equal(_rollout(env_id, seed=3), _rollout(env_id, seed=4))
+
+
+@pytest.mark.parametrize("env_id, scale", [("quadruped-run", None), ("Pendulum-v1", 2.0), ("cartpole-swingup", 1.0)])
+def test_actions_are_rescaled_to_the_unit_box(env_id, scale):
+    """The agent acts in [-1, 1]^A on every task (jaxrl2's RescaleAction); the env maps it to its own box."""
+    env = make_env(env_id, seed=0)
+    assert (env.action_space.low == -1).all() and (env.action_space.high == 1).all()
+    inner = env.unwrapped.action_space  # the task's own bounds
+    if scale is None:  # quadruped: a box other than [-1, 1], the case that motivated the rescale
+        assert not ((inner.low == -1).all() and (inner.high == 1).all())
+    else:
+        assert np.allclose(inner.high, scale) and np.allclose(inner.low, -scale)
+    if env_id == "Pendulum-v1":  # the torque the physics receives for the unit action 1: the box's top, 2
+        env.reset(seed=0)
+        theta, theta_dot = env.unwrapped.state
+        env.step(np.ones(1, np.float32))
+        g, m, l, dt = env.unwrapped.g, env.unwrapped.m, env.unwrapped.l, env.unwrapped.dt
+        expected = theta_dot + (3 * g / (2 * l) * np.sin(theta) + 3.0 / (m * l**2) * 2.0) * dt
+        assert np.isclose(env.unwrapped.state[1], np.clip(expected, -8, 8))
+    env.close()
