@@ -37,6 +37,9 @@ optimum that is played is not adopted either (measured, README): the observation
 whole joint-action history, and the exploration policy reaches that stage through a history the
 learner stops playing once it solves the earlier stages its own way. The last line printed is
 `test_return=<float>`, the mean over the test tasks.
+Long runs: `--checkpoint-every N` saves the whole training state every N env steps (all phases
+together) to runs/{run}/checkpoint.pt (and Ctrl-C saves it on the way out); the same command with
+`--resume` continues the newest interrupted run in its own folder, bit for bit on CPU.
 
 Nondeterminism: on CPU the same seed gives identical runs (`--torch-deterministic`); on GPU,
 cuBLAS reductions may differ in the last bits between runs.
@@ -54,6 +57,8 @@ Decisions where the paper is silent (ours), each next to its code:
 """
 
 import copy
+import glob
+import json
 import math
 import os
 import random
@@ -74,6 +79,8 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # repo root, for envs/
 from envs.multiagent import DEFAULT_SETTINGS, ENV_IDS, check_disjoint, make_env, sample_tasks  # noqa: E402
 
+SCRIPT = "mesa_maddpg.py"  # in checkpoints: a checkpoint resumes only in the script that wrote it
+
 
 @dataclass
 class Args:
@@ -87,6 +94,10 @@ class Args:
     """use CUDA when it is available"""
     torch_threads: int = 1
     """CPU threads of torch: these networks are tiny, one thread is fastest (more threads spin and wait)"""
+    checkpoint_every: int = 0
+    """env steps (all phases together) between checkpoints of the whole training state, `runs/{run_name}/checkpoint.pt` (0: none)"""
+    resume: Optional[str] = None
+    """continue an interrupted run bit for bit: `--resume` alone the newest one of this command under runs/, or a run folder or checkpoint"""
 
     # environment and tasks
     env_id: str = "climb-multi-stage"
@@ -371,6 +382,16 @@ class TrajectoryBuffer:
     def sample(self, batch_size, generator):
         idx = torch.randint(self.size, (batch_size,), generator=generator).to(self.obs.device)
         return {name: getattr(self, name)[idx] for name in ("obs", "actions", "rewards", "terminated", "mask")}
+
+    def state_dict(self) -> dict:
+        """For a checkpoint: the filled trajectories (cloned: a slice would save the whole storage), pos and size."""
+        fields = ("obs", "actions", "rewards", "terminated", "mask")
+        return {"pos": self.pos, "size": self.size, **{name: getattr(self, name)[: self.size].clone() for name in fields}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pos, self.size = state["pos"], state["size"]
+        for name in ("obs", "actions", "rewards", "terminated", "mask"):
+            getattr(self, name)[: self.size] = state[name]
 # --- end shared ---
 
 
@@ -389,6 +410,16 @@ class MADDPG:
         self.target_actor, self.target_critic = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.learning_rate)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=args.learning_rate)
+
+    PARTS = ("actor", "critic", "target_actor", "target_critic", "actor_optimizer", "critic_optimizer")
+
+    def state_dict(self) -> dict:
+        """Networks, targets and optimizers, {part: its state_dict}: a checkpoint's learner."""
+        return {name: getattr(self, name).state_dict() for name in self.PARTS}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.PARTS:
+            getattr(self, name).load_state_dict(state[name])
 
     def policy_action(self, out, mode):
         """Actor outputs [n, ..., act] -> actions [n, ..., act] (one-hot, or in [-1, 1]).
@@ -759,6 +790,154 @@ def cli(main, args_type) -> None:
 # --- end shared ---
 
 
+# --- shared: checkpoint ---
+# Exact resume (--checkpoint-every, --resume): a checkpoint holds every tensor, counter and random generator that
+# decides what happens next. Environments are not pickled (loading a file must never run code): each one is
+# rebuilt from the state of its generator just before its last reset, and the actions of its episode so far.
+NOT_COMPARED_ON_RESUME = ("resume", "checkpoint_every", "torch_threads", "cuda", "save_model")  # may change between tries
+
+
+def rng_state(rng) -> dict:
+    """The state of a numpy RandomState (dm_control's) or Generator (gymnasium's) as plain values and tensors."""
+    if isinstance(rng, np.random.RandomState):
+        state = rng.get_state(legacy=False)
+        return {**state, "state": {"key": torch.from_numpy(state["state"]["key"].astype(np.int64)), "pos": state["state"]["pos"]}}
+    return rng.bit_generator.state
+
+
+def set_rng_state(rng, state: dict) -> None:
+    if isinstance(rng, np.random.RandomState):
+        rng.set_state({**state, "state": {"key": state["state"]["key"].numpy().astype(np.uint32), "pos": state["state"]["pos"]}})
+    else:
+        rng.bit_generator.state = state
+
+
+def global_rng_states() -> dict:
+    """Python's, numpy's and torch's global generators (CPU and every GPU)."""
+    return {"python": random.getstate(), "numpy": rng_state(np.random.mtrand._rand), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_global_rng_states(state: dict) -> None:
+    random.setstate(state["python"])
+    set_rng_state(np.random.mtrand._rand, state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def replay_episode(env, reset: dict, actions: list) -> np.ndarray:
+    """Rebuild an environment mid-episode: reset it as its episode began (`reset` holds the reset's seed, or the
+    state of its generator just before an unseeded reset), take the episode's actions again, return the observation.
+    MuJoCo and gymnasium's classic-control tasks are deterministic given these."""
+    if "seed" in reset:
+        obs, _ = env.reset(seed=reset["seed"])
+    else:
+        set_rng_state(env.unwrapped.np_random, reset["rng"])
+        obs, _ = env.reset()
+    for action in actions:
+        obs = env.step(action)[0]
+    return obs
+
+
+def settings_of(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in NOT_COMPARED_ON_RESUME}
+
+
+def find_checkpoint(args, script: str) -> str:
+    """The checkpoint that `--resume` names: a file, a run folder, or (`--resume` alone) the newest unfinished
+    run of this command (same script, env, seed and settings) under runs/. BadInput if there is none."""
+    if args.resume != "latest":
+        path = os.path.join(args.resume, "checkpoint.pt") if os.path.isdir(args.resume) else args.resume
+        if not os.path.isfile(path):
+            raise BadInput(f"--resume {args.resume}: no checkpoint there; expected a run folder or its checkpoint.pt")
+        return path
+    candidates = []
+    for folder in glob.glob(f"runs/{args.env_id}__{args.exp_name}__{args.seed}__*"):
+        try:
+            with open(os.path.join(folder, "settings.json")) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if (saved.get("script") == script and saved.get("settings") == settings_of(args)
+                and os.path.isfile(os.path.join(folder, "checkpoint.pt"))
+                and not os.path.exists(os.path.join(folder, "result.json"))):
+            candidates.append(os.path.join(folder, "checkpoint.pt"))
+    if not candidates:
+        raise BadInput(f"--resume: no interrupted run of this command under runs/{args.env_id}__{args.exp_name}__"
+                       f"{args.seed}__*/ (same settings, a checkpoint.pt, no result.json); start it without --resume")
+    return max(candidates, key=os.path.getmtime)
+
+
+def load_checkpoint(args, script: str) -> dict:
+    """The checkpoint `--resume` names, checked to be this script's, resumable, and of the same settings."""
+    path = find_checkpoint(args, script)
+    state = load_file(path, "--resume", f"a checkpoint.pt written by {script}")
+    if not isinstance(state, dict) or state.get("script") != script or "settings" not in state:
+        raise BadInput(f"--resume {path}: not a checkpoint of {script}")
+    if not state.get("resumable", False):
+        raise BadInput(f"--resume {path}: written when a non-finite value stopped the run; it is for inspection only")
+    changed = sorted(k for k in state["settings"].keys() | settings_of(args).keys()
+                     if state["settings"].get(k) != settings_of(args).get(k))
+    if changed:
+        was = " ".join(f"--{k.replace('_', '-')} {state['settings'].get(k)}" for k in changed)
+        raise BadInput(f"--resume {path}: the run was started with {was}; resume it with the same settings")
+    return state
+
+
+def write_json(obj: dict, path: str) -> None:
+    """json.dump, atomically."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+# --- end shared ---
+
+
+# --- shared: maddpg-resume ---
+# The MADDPG scripts play whole episodes and seed every env reset with the episode index, so they checkpoint between
+# two episodes and need no env state: the learner, its replay buffer, the generators and the loop counters decide
+# the rest of the run.
+def learner_state(learner, rb, rng, sample_generator) -> dict:
+    """The learner's part of a checkpoint: networks, targets, optimizers, replay buffer, and the generators: numpy's
+    `rng` (random actions; MESA: draws of tasks and policies), `sample_generator` (replay sampling; MESA: M*'s
+    subsample, KMeans) and the global ones (network initialisations, Gumbel and Gaussian action noise)."""
+    return {**learner.state_dict(), "buffer": rb.state_dict(),
+            "rng": {"numpy": rng_state(rng), "sample": sample_generator.get_state(), "global": global_rng_states()}}
+
+
+def restore_learner_state(state: dict, learner, rb, rng, sample_generator) -> None:
+    """learner_state's inverse, into a learner and buffer built afresh just before (their building draws from the
+    global generator, as it did in the interrupted run; that generator is then set back to the checkpoint's)."""
+    learner.load_state_dict(state)
+    rb.load_state_dict(state["buffer"])
+    set_rng_state(rng, state["rng"]["numpy"])
+    sample_generator.set_state(state["rng"]["sample"])
+    set_global_rng_states(state["rng"]["global"])
+
+
+def event_file_sizes(folder: str) -> dict:
+    """{name: bytes} of a run folder's TensorBoard event files; after writer.flush() each ends on a whole record."""
+    names = sorted(name for name in os.listdir(folder) if name.startswith("events.out.tfevents."))
+    return {name: os.path.getsize(os.path.join(folder, name)) for name in names}
+
+
+def restore_event_files(folder: str, sizes: dict) -> None:
+    """A run folder's TensorBoard logs as they were at a checkpoint (`sizes`: event_file_sizes then): each file cut
+    back to its size, every later file (the interrupted run's, or an earlier resume's) deleted. SummaryWriter's
+    purge_step would not do: TensorBoard purges by step across all tags, and MESA's tags count their steps per
+    phase, per policy or per task (a purge at explorer 2's step would cut explorer 1's curve)."""
+    if not os.path.isdir(folder):  # a checkpoint resumed away from its run folder: the logs start at the checkpoint
+        return
+    for name in os.listdir(folder):
+        if name.startswith("events.out.tfevents."):
+            path = os.path.join(folder, name)
+            if name not in sizes:
+                os.remove(path)
+            elif os.path.getsize(path) > sizes[name]:
+                os.truncate(path, sizes[name])
+# --- end shared ---
+
+
 def setup(args: Args):
     """(resolved args, env settings, training tasks, test tasks); BadInput (one line) for the first
     impossible setting, or one that would make the run meaningless."""
@@ -768,7 +947,7 @@ def setup(args: Args):
                        "train_frequency", "buffer_size", "collect_steps", "meta_train_steps", "num_exploration_policies",
                        "num_clusters", "kmeans_iterations", "max_mstar_size", "eval_frequency", "eval_episodes",
                        "log_frequency"), 1, kind="integer")  # fmt: skip
-    check_range(args, ("learning_starts",), 0, kind="integer")
+    check_range(args, ("learning_starts", "checkpoint_every"), 0, kind="integer")
     check_range(args, ("gamma", "relabel_gamma", "exploration_start", "exploration_end"), 0, 1)
     check_range(args, ("tau", "exploration_anneal_fraction"), 0, 1, low_open=True)
     check_range(args, ("learning_rate", "max_grad_norm", "gumbel_temperature", "count_power", "distance_eps"), 0, low_open=True)
@@ -820,9 +999,11 @@ def load_exploration_policies(args: Args, settings: dict, spaces) -> list[dict]:
 def main(args: Args) -> dict:
     args, settings, train_tasks, test_tasks = setup(args)
     torch.set_num_threads(args.torch_threads)  # before any torch work (see --torch-threads)
+    resume = load_checkpoint(args, SCRIPT) if args.resume else None  # BadInput for a missing, foreign or mismatched one
     train_envs = [make_env(args.env_id, task, **settings) for task in train_tasks]
     spaces = env_spaces(train_envs[0])
     n, obs_dim, act_dim, discrete, _, _ = spaces
+    exploration_actors = []  # MESA: the E actors' state dicts, trained below or loaded
     if args.exploration_policies is not None:  # MESA: meta-test only
         exploration_actors = load_exploration_policies(args, settings, spaces)
     T = train_envs[0].max_steps
@@ -830,10 +1011,15 @@ def main(args: Args) -> dict:
 
     from torch.utils.tensorboard import SummaryWriter  # lazily: tests that only import need no tensorboard
 
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = resume["run_name"] if resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    if resume:  # what the interrupted run logged after its checkpoint is dropped, and logged again below
+        restore_event_files(f"runs/{run_name}", resume["event_files"])
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    writer.add_text("tasks", f"train: {train_tasks!r}\n\ntest: {test_tasks!r}")
+    write_json({"script": SCRIPT, "settings": settings_of(args)}, f"runs/{run_name}/settings.json")
+    if not resume:  # (a resumed run's first event file holds them)
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+        writer.add_text("tasks", f"train: {train_tasks!r}\n\ntest: {test_tasks!r}")
+    policies_path = args.exploration_policies or f"runs/{run_name}/exploration_policies.pt"
 
     # seeding: one block; env resets are seeded with seed and the episode index below
     rng, sample_generator = seed_everything(args.seed, args.torch_deterministic)
@@ -844,15 +1030,44 @@ def main(args: Args) -> dict:
     warmup_policy = random_policy(spaces, rng)
     progress = Progress()
 
-    def stop(error: Exception, step: int):
-        """End the run between two episodes (Ctrl-C, or a non-finite value): the current learner
-        saved for inspection, the logs closed."""
-        path = f"runs/{run_name}/checkpoint.pt"
-        save_file({"phase": phase, "step": step, **{name: getattr(learner, name).state_dict() for name in (
-            "actor", "critic", "target_actor", "target_critic", "actor_optimizer", "critic_optimizer")}}, path)
+    # what the phases carry forward; a resumed run takes it from its checkpoint and skips the phases before it
+    mstar_features, mstar_rewards = [], []  # M*: each collected episode's pairs, then all of them, [M, D] and [M]
+    centroids, global_counts = None, None  # the hash phi [C, D] and N_hat [C], built on M*
+    meta_train_stats = {"exploration_rewards": []}  # MESA: Eq. 6 return of each policy's last batch, |M*|, clusters covered
+    test_returns, test_actors = [], []  # final learners' actors: for analysis (benchmarks/mesa_coverage.py)
+    total_steps, next_checkpoint = 0, args.checkpoint_every  # env steps of all phases: the checkpoints' clock
+    checkpoint_path = f"runs/{run_name}/checkpoint.pt"
+    # RESUME: each phase loop starts at index 0, or at the checkpoint's (phase, index); phases before it are skipped
+    start = resume["at"] if resume else ("collect", 0)
+    if resume:
+        carried = resume["carried"]
+        (mstar_features, mstar_rewards), centroids = carried["mstar"], carried["centroids"]
+        global_counts, exploration_actors = carried["global_counts"], carried["exploration_actors"]
+        meta_train_stats, test_returns, test_actors = carried["meta_train_stats"], carried["test_returns"], carried["test_actors"]
+        total_steps, next_checkpoint = carried["total_steps"], carried["next_checkpoint"]
+
+    def training_state(step: int, loop: dict | None) -> dict:
+        """Everything that decides the rest of the run, between two episodes of a phase loop (`loop`: its counters):
+        a checkpoint for --resume; without `loop` (a non-finite stop) one for inspection only."""
+        writer.flush()  # the event files then end on a whole record: a resume cuts them back to these sizes
+        mstar = [mstar_features, mstar_rewards]
+        if isinstance(mstar_features, list):  # collecting: each list as one tensor (30k small tensors save slowly)
+            mstar = [[torch.cat(pairs)] if pairs else [] for pairs in mstar]
+        return {"script": SCRIPT, "settings": settings_of(args), "run_name": run_name, "resumable": loop is not None,
+                "phase": phase, "at": at, "step": step, **learner_state(learner, rb, rng, sample_generator), "loop": loop,
+                "carried": {"mstar": mstar, "centroids": centroids, "global_counts": global_counts,
+                            "exploration_actors": exploration_actors, "meta_train_stats": meta_train_stats,
+                            "test_returns": test_returns, "test_actors": test_actors, "total_steps": total_steps,
+                            "next_checkpoint": next_checkpoint},
+                "event_files": event_file_sizes(f"runs/{run_name}")}
+
+    def stop(error: Exception, step: int, loop: dict | None = None):
+        """End the run between two episodes: Ctrl-C with a resumable checkpoint, a non-finite value with one for
+        inspection; the logs closed."""
+        save_file(training_state(step, loop), checkpoint_path)
         progress.close()
         writer.close()
-        raise type(error)(f"{error}; checkpoint in {path}")
+        raise type(error)(f"{error}; checkpoint in {checkpoint_path}")
 
     def check_finite(values: dict, step: int):
         """stop() with NonFinite naming each of {name: float} that is NaN or infinite."""
@@ -860,22 +1075,33 @@ def main(args: Args) -> dict:
         if bad:
             stop(NonFinite(f"{', '.join(bad)} not finite at step {step} of {phase}"), step)
 
-    meta_train_stats = {"exploration_rewards": []}  # MESA: Eq. 6 return of each policy's last batch, |M*|, clusters covered
-    if args.exploration_policies is None:
+    def between_episodes(step: int, loop: dict):
+        """The end of a phase loop's iteration (`loop`: the counters a resumed run restores): the checkpoint every
+        checkpoint_every env steps of the run, atomically (a kill -9 while writing leaves the previous one whole),
+        and the stop a first Ctrl-C asked for."""
+        nonlocal next_checkpoint
+        if args.checkpoint_every and total_steps >= next_checkpoint:
+            next_checkpoint += args.checkpoint_every * ((total_steps - next_checkpoint) // args.checkpoint_every + 1)
+            save_file(training_state(step, loop), checkpoint_path)
+        if STOP_REQUESTED[0]:
+            stop(Interrupted(f"at step {step} of {phase}"), step, loop)
+
+    if args.exploration_policies is None and start[0] != "test":
         # ================= META-TRAINING (Algorithm 1) =================
         # HIGH-REWARD DATASET M* (5.1.1; Algorithm 1 lines 2-6): a fresh MADDPG per training task
         steps_per_task = args.collect_steps // args.num_train_tasks
-        mstar_features, mstar_rewards = [], []
-        for i, env in enumerate(train_envs):
+        for i in range(start[1] if start[0] == "collect" else len(train_envs), len(train_envs)):
+            env = train_envs[i]
             learner = MADDPG(n, obs_dim, act_dim, discrete, args, device)
             rb = TrajectoryBuffer(args.buffer_size, n, T, obs_dim, act_dim, device)
             explore_policy = learner_policy(learner, "explore", device)
             task_step, next_train = 0, args.learning_starts
-            phase = f"collect task {i + 1}/{len(train_envs)}"
-            progress.phase(phase, steps_per_task)
+            phase, at = f"collect task {i + 1}/{len(train_envs)}", ("collect", i)
+            if resume and resume["at"] == at:  # RESUME: this task as the checkpoint left it
+                restore_learner_state(resume, learner, rb, rng, sample_generator)
+                task_step, next_train, episode = (resume["loop"][k] for k in ("step", "next_train", "episode"))
+            progress.phase(phase, steps_per_task, task_step)
             while task_step < steps_per_task:
-                if STOP_REQUESTED[0]:
-                    stop(Interrupted(f"at step {task_step} of {phase}"), task_step)
                 # COLLECT
                 policy = warmup_policy if task_step < args.learning_starts else explore_policy
                 ep = run_episode(env, policy, args.seed * 1_000_003 + episode, spaces)
@@ -890,43 +1116,47 @@ def main(args: Args) -> dict:
                 mstar_features.append(pairs)
                 mstar_rewards.append(r_hat)
                 # CRITIC + ACTOR
-                task_step += steps
+                task_step, total_steps = task_step + steps, total_steps + steps
                 _, next_train = train_steps(learner, rb, task_step, next_train, args, sample_generator)
                 progress.update(task_step)
+                # CHECKPOINT, Ctrl-C
+                between_episodes(task_step, {"step": task_step, "episode": episode, "next_train": next_train})
             collect_return = evaluate(env, learner, 1, 10**9 + episode, spaces, device)
             check_finite({"greedy actions": collect_return}, task_step)
             writer.add_scalar("charts/collect_return", collect_return * scale, i)
-        mstar_features, mstar_rewards = torch.cat(mstar_features), torch.cat(mstar_rewards)  # [M, D], [M]
-        if mstar_features.shape[0] == 0:  # then one pair of reward 0 stands in: Eq. 6 pays nothing
-            print("warning: M* is empty (no training episode reached R*): raise --collect-steps", file=sys.stderr)
-            mstar_features, mstar_rewards = torch.zeros(1, mstar_features.shape[1]), torch.zeros(1)
-        # one copy per distinct pair, with its largest r_hat (paper silent)
-        mstar_features, inverse = torch.unique(mstar_features, dim=0, return_inverse=True)
-        mstar_rewards = torch.zeros(mstar_features.shape[0]).scatter_reduce(0, inverse, mstar_rewards, "amax")
-        if mstar_features.shape[0] > args.max_mstar_size:
-            keep = torch.randperm(mstar_features.shape[0], generator=sample_generator)[: args.max_mstar_size]
-            mstar_features, mstar_rewards = mstar_features[keep], mstar_rewards[keep]
-        writer.add_scalar("charts/mstar_size", mstar_features.shape[0], 0)
+        if start[0] == "collect":  # (a run resumed in the next phase has M* and the hash from its checkpoint)
+            mstar_features, mstar_rewards = torch.cat(mstar_features), torch.cat(mstar_rewards)  # [M, D], [M]
+            if mstar_features.shape[0] == 0:  # then one pair of reward 0 stands in: Eq. 6 pays nothing
+                print("warning: M* is empty (no training episode reached R*): raise --collect-steps", file=sys.stderr)
+                mstar_features, mstar_rewards = torch.zeros(1, mstar_features.shape[1]), torch.zeros(1)
+            # one copy per distinct pair, with its largest r_hat (paper silent)
+            mstar_features, inverse = torch.unique(mstar_features, dim=0, return_inverse=True)
+            mstar_rewards = torch.zeros(mstar_features.shape[0]).scatter_reduce(0, inverse, mstar_rewards, "amax")
+            if mstar_features.shape[0] > args.max_mstar_size:
+                keep = torch.randperm(mstar_features.shape[0], generator=sample_generator)[: args.max_mstar_size]
+                mstar_features, mstar_rewards = mstar_features[keep], mstar_rewards[keep]
+            writer.add_scalar("charts/mstar_size", mstar_features.shape[0], 0)
 
-        # HASH phi (5.3): KMeans over M*
-        centroids = kmeans(mstar_features, args.num_clusters, args.kmeans_iterations, sample_generator)  # [C, D]
-        global_counts = torch.zeros(centroids.shape[0])  # N_hat [C]
+            # HASH phi (5.3): KMeans over M*
+            centroids = kmeans(mstar_features, args.num_clusters, args.kmeans_iterations, sample_generator)  # [C, D]
+            global_counts = torch.zeros(centroids.shape[0])  # N_hat [C]
 
         # EXPLORATION POLICIES (5.1.2; Algorithm 1 lines 7-20), trained one after another
         steps_per_policy = args.meta_train_steps // args.num_exploration_policies
-        exploration_actors = []
-        for e in range(args.num_exploration_policies):
+        for e in range(start[1] if start[0] == "explore" else 0, args.num_exploration_policies):
             learner = MADDPG(n, obs_dim, act_dim, discrete, args, device)
             rb = TrajectoryBuffer(args.buffer_size, n, T, obs_dim, act_dim, device)
             explore_policy = learner_policy(learner, "explore", device)
             last_batch, last_rewards = [], []  # clusters visited and Eq. 6 returns of the latest batch_size trajectories
             policy_step, next_train, next_log = 0, args.learning_starts, 0
             losses = {}
-            phase = f"explorer {e + 1}/{args.num_exploration_policies}"
-            progress.phase(phase, steps_per_policy)
+            phase, at = f"explorer {e + 1}/{args.num_exploration_policies}", ("explore", e)
+            if resume and resume["at"] == at:  # RESUME: this policy as the checkpoint left it
+                restore_learner_state(resume, learner, rb, rng, sample_generator)
+                policy_step, next_train, next_log, losses, last_batch, last_rewards, episode = (resume["loop"][k] for k in
+                    ("step", "next_train", "next_log", "losses", "last_batch", "last_rewards", "episode"))
+            progress.phase(phase, steps_per_policy, policy_step)
             while policy_step < steps_per_policy:
-                if STOP_REQUESTED[0]:
-                    stop(Interrupted(f"at step {policy_step} of {phase}"), policy_step)
                 # COLLECT on a uniformly drawn training task
                 env = train_envs[rng.integers(len(train_envs))]
                 policy = warmup_policy if policy_step < args.learning_starts else explore_policy
@@ -947,7 +1177,7 @@ def main(args: Args) -> dict:
                 last_rewards = (last_rewards + [float(reward.sum())])[-args.batch_size:]
 
                 # CRITIC + ACTOR
-                policy_step += steps
+                policy_step, total_steps = policy_step + steps, total_steps + steps
                 new_losses, next_train = train_steps(learner, rb, policy_step, next_train, args, sample_generator)
                 losses = new_losses or losses
 
@@ -961,18 +1191,20 @@ def main(args: Args) -> dict:
                         writer.add_scalar(tag, value, policy_step)
                     next_log += args.log_frequency
                 progress.update(policy_step)
+
+                # CHECKPOINT, Ctrl-C
+                between_episodes(policy_step, {"step": policy_step, "episode": episode, "next_train": next_train,
+                                               "next_log": next_log, "losses": losses, "last_batch": last_batch,
+                                               "last_rewards": last_rewards})
             # N_hat += visitation counts of the policy's last batch (Algorithm 1 line 19)
             global_counts += torch.bincount(torch.cat(last_batch), minlength=global_counts.shape[0]).float()
             writer.add_scalar("charts/clusters_covered", int((global_counts > 0).sum()), e)
             exploration_actors.append(copy.deepcopy(learner.actor.state_dict()))
             meta_train_stats["exploration_rewards"].append(float(np.mean(last_rewards)))
         meta_train_stats.update(mstar_size=mstar_features.shape[0], clusters_covered=int((global_counts > 0).sum()))
-        policies_path = f"runs/{run_name}/exploration_policies.pt"
         # plain containers, numbers and tensors only: --exploration-policies loads it with weights_only=True
         save_file({"env_id": args.env_id, "settings": settings, "spaces": spaces[:4], "hidden_dim": args.hidden_dim,
                    "actors": exploration_actors}, policies_path)
-    else:
-        policies_path = args.exploration_policies  # loaded and checked above
     # ================= META-TESTING (Algorithm 2) =================
     # MESA: reseed, so meta-testing is the same run whether the policies were just trained or loaded
     rng, sample_generator = seed_everything(args.seed + 1, args.torch_deterministic)
@@ -982,20 +1214,22 @@ def main(args: Args) -> dict:
         explorer = MADDPG(n, obs_dim, act_dim, discrete, args, device)
         explorer.actor.load_state_dict(state_dict)
         explorers.append(learner_policy(explorer, "explore", device))
-    test_returns, test_actors = [], []  # final learners' actors: for analysis (benchmarks/mesa_coverage.py)
-    for j, task in enumerate(test_tasks):
+    for j in range(start[1] if start[0] == "test" else 0, len(test_tasks)):
+        task = test_tasks[j]
         env, eval_env = make_env(args.env_id, task, **settings), make_env(args.env_id, task, **settings)
         learner = MADDPG(n, obs_dim, act_dim, discrete, args, device)
         rb = TrajectoryBuffer(args.buffer_size, n, T, obs_dim, act_dim, device)
         explore_policy = learner_policy(learner, "explore", device)
         global_step, next_train, next_eval, next_log = 0, args.learning_starts, 0, 0
-        start_time, learning_start_step = None, None
         losses = {}
-        phase = f"test task {j + 1}/{len(test_tasks)}"
-        progress.phase(phase, args.total_timesteps)
+        phase, at = f"test task {j + 1}/{len(test_tasks)}", ("test", j)
+        if resume and resume["at"] == at:  # RESUME: this task as the checkpoint left it
+            restore_learner_state(resume, learner, rb, rng, sample_generator)
+            global_step, next_train, next_eval, next_log, losses, episode = (resume["loop"][k] for k in (
+                "step", "next_train", "next_eval", "next_log", "losses", "episode"))
+        start_time, learning_start_step = None, None  # charts/SPS only: a resumed run starts its clock again
+        progress.phase(phase, args.total_timesteps, global_step)
         while global_step < args.total_timesteps:
-            if STOP_REQUESTED[0]:
-                stop(Interrupted(f"at step {global_step} of {phase}"), global_step)
             # COLLECT: with probability eps(t) a uniformly chosen exploration policy plays the episode
             eps = exploration_probability(global_step, args.total_timesteps, args.exploration_start,
                                           args.exploration_end, args.exploration_anneal_fraction)
@@ -1007,7 +1241,7 @@ def main(args: Args) -> dict:
             check_finite({"actions": ep["return"]}, global_step)  # the return is NaN iff an action was
             rb.add(ep)
             steps = int(ep["mask"].sum())
-            global_step, episode = global_step + steps, episode + 1
+            global_step, episode, total_steps = global_step + steps, episode + 1, total_steps + steps
             writer.add_scalar(f"charts/episodic_return_task{j}", ep["return"] * scale, global_step)
 
             # CRITIC + ACTOR
@@ -1035,6 +1269,10 @@ def main(args: Args) -> dict:
                 writer.add_scalar("charts/SPS", sps, global_step)
                 next_log += args.log_frequency
             progress.update(global_step, eval_return)
+
+            # CHECKPOINT, Ctrl-C
+            between_episodes(global_step, {"step": global_step, "episode": episode, "next_train": next_train,
+                                           "next_eval": next_eval, "next_log": next_log, "losses": losses})
         test_returns.append(evaluate(eval_env, learner, args.eval_episodes, 10**9 + episode, spaces, device) * scale)
         check_finite({"greedy actions": test_returns[-1]}, global_step)
         test_actors.append(copy.deepcopy(learner.actor.state_dict()))
@@ -1044,9 +1282,10 @@ def main(args: Args) -> dict:
     test_return = float(np.mean(test_returns))
     writer.add_scalar("eval/test_return", test_return, 0)
     writer.close()
+    result = {"test_return": test_return, "test_returns": test_returns, "run_name": run_name}
+    write_json(result, f"runs/{run_name}/result.json")  # the run is finished: --resume no longer picks it
     print(f"test_return={test_return:.4f}")
-    return {"test_return": test_return, "test_returns": test_returns, "run_name": run_name,
-            "exploration_policies": policies_path, "test_tasks": test_tasks, "test_actors": test_actors,
+    return {**result, "exploration_policies": policies_path, "test_tasks": test_tasks, "test_actors": test_actors,
             **meta_train_stats}
 
 

@@ -22,6 +22,9 @@ k = 2, and usually the optimal 1.0 where k = 1 (one agent plays u: a unilateral 
 the multi-stage game (return averaged over its 5 steps) 0.5 + 0.1 per k = 1 stage: 0.72 and
 0.78 over the 25 test tasks of our README table (the paper's Table 2 has 0.74 and 0.50).
 The last line printed is `test_return=<float>`.
+Long runs: `--checkpoint-every N` saves the whole training state every N env steps to
+runs/{run}/checkpoint.pt (and Ctrl-C saves it on the way out); the same command with `--resume`
+continues the newest interrupted run in its own folder, bit for bit on CPU.
 
 Nondeterminism: on CPU the same seed gives identical runs (`--torch-deterministic`); on GPU,
 cuBLAS reductions may differ in the last bits between runs.
@@ -35,6 +38,8 @@ Decisions where the paper is silent (ours), each next to its code:
 """
 
 import copy
+import glob
+import json
 import math
 import os
 import random
@@ -55,6 +60,8 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for envs/
 from envs.multiagent import DEFAULT_SETTINGS, ENV_IDS, check_disjoint, make_env, sample_tasks  # noqa: E402
 
+SCRIPT = "baselines/maddpg.py"  # in checkpoints: a checkpoint resumes only in the script that wrote it
+
 
 @dataclass
 class Args:
@@ -68,6 +75,10 @@ class Args:
     """use CUDA when it is available"""
     torch_threads: int = 1
     """CPU threads of torch: these networks are tiny, one thread is fastest (more threads spin and wait)"""
+    checkpoint_every: int = 0
+    """env steps between checkpoints of the whole training state, `runs/{run_name}/checkpoint.pt` (0: none)"""
+    resume: Optional[str] = None
+    """continue an interrupted run bit for bit: `--resume` alone the newest one of this command under runs/, or a run folder or checkpoint"""
 
     # environment and tasks
     env_id: str = "climb-multi-stage"
@@ -309,6 +320,16 @@ class TrajectoryBuffer:
     def sample(self, batch_size, generator):
         idx = torch.randint(self.size, (batch_size,), generator=generator).to(self.obs.device)
         return {name: getattr(self, name)[idx] for name in ("obs", "actions", "rewards", "terminated", "mask")}
+
+    def state_dict(self) -> dict:
+        """For a checkpoint: the filled trajectories (cloned: a slice would save the whole storage), pos and size."""
+        fields = ("obs", "actions", "rewards", "terminated", "mask")
+        return {"pos": self.pos, "size": self.size, **{name: getattr(self, name)[: self.size].clone() for name in fields}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pos, self.size = state["pos"], state["size"]
+        for name in ("obs", "actions", "rewards", "terminated", "mask"):
+            getattr(self, name)[: self.size] = state[name]
 # --- end shared ---
 
 
@@ -327,6 +348,16 @@ class MADDPG:
         self.target_actor, self.target_critic = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.learning_rate)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=args.learning_rate)
+
+    PARTS = ("actor", "critic", "target_actor", "target_critic", "actor_optimizer", "critic_optimizer")
+
+    def state_dict(self) -> dict:
+        """Networks, targets and optimizers, {part: its state_dict}: a checkpoint's learner."""
+        return {name: getattr(self, name).state_dict() for name in self.PARTS}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.PARTS:
+            getattr(self, name).load_state_dict(state[name])
 
     def policy_action(self, out, mode):
         """Actor outputs [n, ..., act] -> actions [n, ..., act] (one-hot, or in [-1, 1]).
@@ -613,6 +644,154 @@ def cli(main, args_type) -> None:
 # --- end shared ---
 
 
+# --- shared: checkpoint ---
+# Exact resume (--checkpoint-every, --resume): a checkpoint holds every tensor, counter and random generator that
+# decides what happens next. Environments are not pickled (loading a file must never run code): each one is
+# rebuilt from the state of its generator just before its last reset, and the actions of its episode so far.
+NOT_COMPARED_ON_RESUME = ("resume", "checkpoint_every", "torch_threads", "cuda", "save_model")  # may change between tries
+
+
+def rng_state(rng) -> dict:
+    """The state of a numpy RandomState (dm_control's) or Generator (gymnasium's) as plain values and tensors."""
+    if isinstance(rng, np.random.RandomState):
+        state = rng.get_state(legacy=False)
+        return {**state, "state": {"key": torch.from_numpy(state["state"]["key"].astype(np.int64)), "pos": state["state"]["pos"]}}
+    return rng.bit_generator.state
+
+
+def set_rng_state(rng, state: dict) -> None:
+    if isinstance(rng, np.random.RandomState):
+        rng.set_state({**state, "state": {"key": state["state"]["key"].numpy().astype(np.uint32), "pos": state["state"]["pos"]}})
+    else:
+        rng.bit_generator.state = state
+
+
+def global_rng_states() -> dict:
+    """Python's, numpy's and torch's global generators (CPU and every GPU)."""
+    return {"python": random.getstate(), "numpy": rng_state(np.random.mtrand._rand), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_global_rng_states(state: dict) -> None:
+    random.setstate(state["python"])
+    set_rng_state(np.random.mtrand._rand, state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def replay_episode(env, reset: dict, actions: list) -> np.ndarray:
+    """Rebuild an environment mid-episode: reset it as its episode began (`reset` holds the reset's seed, or the
+    state of its generator just before an unseeded reset), take the episode's actions again, return the observation.
+    MuJoCo and gymnasium's classic-control tasks are deterministic given these."""
+    if "seed" in reset:
+        obs, _ = env.reset(seed=reset["seed"])
+    else:
+        set_rng_state(env.unwrapped.np_random, reset["rng"])
+        obs, _ = env.reset()
+    for action in actions:
+        obs = env.step(action)[0]
+    return obs
+
+
+def settings_of(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in NOT_COMPARED_ON_RESUME}
+
+
+def find_checkpoint(args, script: str) -> str:
+    """The checkpoint that `--resume` names: a file, a run folder, or (`--resume` alone) the newest unfinished
+    run of this command (same script, env, seed and settings) under runs/. BadInput if there is none."""
+    if args.resume != "latest":
+        path = os.path.join(args.resume, "checkpoint.pt") if os.path.isdir(args.resume) else args.resume
+        if not os.path.isfile(path):
+            raise BadInput(f"--resume {args.resume}: no checkpoint there; expected a run folder or its checkpoint.pt")
+        return path
+    candidates = []
+    for folder in glob.glob(f"runs/{args.env_id}__{args.exp_name}__{args.seed}__*"):
+        try:
+            with open(os.path.join(folder, "settings.json")) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if (saved.get("script") == script and saved.get("settings") == settings_of(args)
+                and os.path.isfile(os.path.join(folder, "checkpoint.pt"))
+                and not os.path.exists(os.path.join(folder, "result.json"))):
+            candidates.append(os.path.join(folder, "checkpoint.pt"))
+    if not candidates:
+        raise BadInput(f"--resume: no interrupted run of this command under runs/{args.env_id}__{args.exp_name}__"
+                       f"{args.seed}__*/ (same settings, a checkpoint.pt, no result.json); start it without --resume")
+    return max(candidates, key=os.path.getmtime)
+
+
+def load_checkpoint(args, script: str) -> dict:
+    """The checkpoint `--resume` names, checked to be this script's, resumable, and of the same settings."""
+    path = find_checkpoint(args, script)
+    state = load_file(path, "--resume", f"a checkpoint.pt written by {script}")
+    if not isinstance(state, dict) or state.get("script") != script or "settings" not in state:
+        raise BadInput(f"--resume {path}: not a checkpoint of {script}")
+    if not state.get("resumable", False):
+        raise BadInput(f"--resume {path}: written when a non-finite value stopped the run; it is for inspection only")
+    changed = sorted(k for k in state["settings"].keys() | settings_of(args).keys()
+                     if state["settings"].get(k) != settings_of(args).get(k))
+    if changed:
+        was = " ".join(f"--{k.replace('_', '-')} {state['settings'].get(k)}" for k in changed)
+        raise BadInput(f"--resume {path}: the run was started with {was}; resume it with the same settings")
+    return state
+
+
+def write_json(obj: dict, path: str) -> None:
+    """json.dump, atomically."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+# --- end shared ---
+
+
+# --- shared: maddpg-resume ---
+# The MADDPG scripts play whole episodes and seed every env reset with the episode index, so they checkpoint between
+# two episodes and need no env state: the learner, its replay buffer, the generators and the loop counters decide
+# the rest of the run.
+def learner_state(learner, rb, rng, sample_generator) -> dict:
+    """The learner's part of a checkpoint: networks, targets, optimizers, replay buffer, and the generators: numpy's
+    `rng` (random actions; MESA: draws of tasks and policies), `sample_generator` (replay sampling; MESA: M*'s
+    subsample, KMeans) and the global ones (network initialisations, Gumbel and Gaussian action noise)."""
+    return {**learner.state_dict(), "buffer": rb.state_dict(),
+            "rng": {"numpy": rng_state(rng), "sample": sample_generator.get_state(), "global": global_rng_states()}}
+
+
+def restore_learner_state(state: dict, learner, rb, rng, sample_generator) -> None:
+    """learner_state's inverse, into a learner and buffer built afresh just before (their building draws from the
+    global generator, as it did in the interrupted run; that generator is then set back to the checkpoint's)."""
+    learner.load_state_dict(state)
+    rb.load_state_dict(state["buffer"])
+    set_rng_state(rng, state["rng"]["numpy"])
+    sample_generator.set_state(state["rng"]["sample"])
+    set_global_rng_states(state["rng"]["global"])
+
+
+def event_file_sizes(folder: str) -> dict:
+    """{name: bytes} of a run folder's TensorBoard event files; after writer.flush() each ends on a whole record."""
+    names = sorted(name for name in os.listdir(folder) if name.startswith("events.out.tfevents."))
+    return {name: os.path.getsize(os.path.join(folder, name)) for name in names}
+
+
+def restore_event_files(folder: str, sizes: dict) -> None:
+    """A run folder's TensorBoard logs as they were at a checkpoint (`sizes`: event_file_sizes then): each file cut
+    back to its size, every later file (the interrupted run's, or an earlier resume's) deleted. SummaryWriter's
+    purge_step would not do: TensorBoard purges by step across all tags, and MESA's tags count their steps per
+    phase, per policy or per task (a purge at explorer 2's step would cut explorer 1's curve)."""
+    if not os.path.isdir(folder):  # a checkpoint resumed away from its run folder: the logs start at the checkpoint
+        return
+    for name in os.listdir(folder):
+        if name.startswith("events.out.tfevents."):
+            path = os.path.join(folder, name)
+            if name not in sizes:
+                os.remove(path)
+            elif os.path.getsize(path) > sizes[name]:
+                os.truncate(path, sizes[name])
+# --- end shared ---
+
+
 def setup(args: Args):
     """(resolved args, env settings, the task to learn); BadInput (one line) for the first
     impossible setting, or one that would make the run meaningless."""
@@ -620,7 +799,7 @@ def setup(args: Args):
     check_range(args, ("seed", "task_seed"), 0, 2**31 - 1, kind="integer")
     check_range(args, ("torch_threads", "num_test_tasks", "total_timesteps", "batch_size", "hidden_dim", "train_frequency",
                        "buffer_size", "eval_frequency", "eval_episodes", "log_frequency"), 1, kind="integer")  # fmt: skip
-    check_range(args, ("num_train_tasks", "learning_starts"), 0, kind="integer")  # the training tasks only fix the draw here
+    check_range(args, ("num_train_tasks", "learning_starts", "checkpoint_every"), 0, kind="integer")  # train tasks: the draw only
     check_range(args, ("gamma",), 0, 1)
     check_range(args, ("tau",), 0, 1, low_open=True)
     check_range(args, ("learning_rate", "max_grad_norm", "gumbel_temperature"), 0, low_open=True)
@@ -640,6 +819,7 @@ def setup(args: Args):
 def main(args: Args) -> dict:
     args, settings, task = setup(args)
     torch.set_num_threads(args.torch_threads)  # before any torch work (see --torch-threads)
+    resume = load_checkpoint(args, SCRIPT) if args.resume else None  # BadInput for a missing, foreign or mismatched one
     env, eval_env = make_env(args.env_id, task, **settings), make_env(args.env_id, task, **settings)
     spaces = env_spaces(env)
     n, obs_dim, act_dim, discrete, _, _ = spaces
@@ -647,10 +827,14 @@ def main(args: Args) -> dict:
 
     from torch.utils.tensorboard import SummaryWriter  # lazily: tests that only import need no tensorboard
 
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = resume["run_name"] if resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    if resume:  # what the interrupted run logged after its checkpoint is dropped, and logged again below
+        restore_event_files(f"runs/{run_name}", resume["event_files"])
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    writer.add_text("task", repr(task))
+    write_json({"script": SCRIPT, "settings": settings_of(args)}, f"runs/{run_name}/settings.json")
+    if not resume:  # (a resumed run's first event file holds them)
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+        writer.add_text("task", repr(task))
 
     # seeding: one block; env resets are seeded with seed and the episode index below
     rng, sample_generator = seed_everything(args.seed, args.torch_deterministic)
@@ -662,21 +846,33 @@ def main(args: Args) -> dict:
     explore_policy, warmup_policy = learner_policy(learner, "explore", device), random_policy(spaces, rng)
 
     global_step, episode, next_train, next_eval, next_log = 0, 0, args.learning_starts, 0, 0
-    start_time, learning_start_step = None, None
     losses = {}
+    next_checkpoint, checkpoint_path = args.checkpoint_every, f"runs/{run_name}/checkpoint.pt"
+    if resume:  # RESUME: the learner, buffer, generators and counters as the checkpoint left them
+        restore_learner_state(resume, learner, rb, rng, sample_generator)
+        global_step, episode, next_train, next_eval, next_log, losses = (
+            resume["loop"][k] for k in ("step", "episode", "next_train", "next_eval", "next_log", "losses"))
+        next_checkpoint = resume["next_checkpoint"]
+    start_time, learning_start_step = None, None  # charts/SPS only: a resumed run starts its clock again
     phase = f"test task {args.test_task_index + 1}/{args.num_test_tasks}"  # the phase name of mesa_maddpg.py's meta-testing
     progress = Progress()
-    progress.phase(phase, args.total_timesteps)
+    progress.phase(phase, args.total_timesteps, global_step)
 
-    def stop(error: Exception, step: int):
-        """End the run between two episodes (Ctrl-C, or a non-finite value): the learner saved for
-        inspection, the logs closed."""
-        path = f"runs/{run_name}/checkpoint.pt"
-        save_file({"phase": phase, "step": step, **{name: getattr(learner, name).state_dict() for name in (
-            "actor", "critic", "target_actor", "target_critic", "actor_optimizer", "critic_optimizer")}}, path)
+    def training_state(step: int, loop: dict | None) -> dict:
+        """Everything that decides the rest of the run, between two episodes (`loop`: the loop's counters): a
+        checkpoint for --resume; without `loop` (a non-finite stop) one for inspection only."""
+        writer.flush()  # the event files then end on a whole record: a resume cuts them back to these sizes
+        return {"script": SCRIPT, "settings": settings_of(args), "run_name": run_name, "resumable": loop is not None,
+                "phase": phase, "step": step, **learner_state(learner, rb, rng, sample_generator), "loop": loop,
+                "next_checkpoint": next_checkpoint, "event_files": event_file_sizes(f"runs/{run_name}")}
+
+    def stop(error: Exception, step: int, loop: dict | None = None):
+        """End the run between two episodes: Ctrl-C with a resumable checkpoint, a non-finite value with one for
+        inspection; the logs closed."""
+        save_file(training_state(step, loop), checkpoint_path)
         progress.close()
         writer.close()
-        raise type(error)(f"{error}; checkpoint in {path}")
+        raise type(error)(f"{error}; checkpoint in {checkpoint_path}")
 
     def check_finite(values: dict, step: int):
         """stop() with NonFinite naming each of {name: float} that is NaN or infinite."""
@@ -684,9 +880,18 @@ def main(args: Args) -> dict:
         if bad:
             stop(NonFinite(f"{', '.join(bad)} not finite at step {step} of {phase}"), step)
 
-    while global_step < args.total_timesteps:
+    def between_episodes(step: int, loop: dict):
+        """The end of a loop iteration (`loop`: the counters a resumed run restores): the checkpoint every
+        checkpoint_every env steps, atomically (a kill -9 while writing leaves the previous one whole), and the stop
+        a first Ctrl-C asked for."""
+        nonlocal next_checkpoint
+        if args.checkpoint_every and step >= next_checkpoint:
+            next_checkpoint += args.checkpoint_every * ((step - next_checkpoint) // args.checkpoint_every + 1)
+            save_file(training_state(step, loop), checkpoint_path)
         if STOP_REQUESTED[0]:
-            stop(Interrupted(f"at step {global_step} of {phase}"), global_step)
+            stop(Interrupted(f"at step {step} of {phase}"), step, loop)
+
+    while global_step < args.total_timesteps:
         # COLLECT: uniformly random actions for the first learning_starts steps
         policy = warmup_policy if global_step < args.learning_starts else explore_policy
         ep = run_episode(env, policy, args.seed * 1_000_003 + episode, spaces)
@@ -721,13 +926,19 @@ def main(args: Args) -> dict:
             next_log += args.log_frequency
         progress.update(global_step, eval_return)
 
+        # CHECKPOINT, Ctrl-C
+        between_episodes(global_step, {"step": global_step, "episode": episode, "next_train": next_train,
+                                       "next_eval": next_eval, "next_log": next_log, "losses": losses})
+
     progress.close()
     test_return = evaluate(eval_env, learner, args.eval_episodes, 10**9 + episode, spaces, device) * scale
     check_finite({"greedy actions": test_return}, global_step)
     writer.add_scalar("eval/test_return", test_return, global_step)
     writer.close()
+    result = {"test_return": test_return, "run_name": run_name}
+    write_json(result, f"runs/{run_name}/result.json")  # the run is finished: --resume no longer picks it
     print(f"test_return={test_return:.4f}")
-    return {"test_return": test_return, "run_name": run_name, "task": task, "global_step": global_step,
+    return {**result, "task": task, "global_step": global_step,
             "test_actor": copy.deepcopy(learner.actor.state_dict())}  # the final actors: for analysis and tests
 
 

@@ -315,7 +315,7 @@ def test_exploding_losses_stop_with_exit_3_and_a_checkpoint(name, phase, monkeyp
     code, _, err = run_in_process(name, [*TINY[name], "--learning-rate", "1e30", "--log-frequency", "1"], monkeypatch, capsys)
     assert code == 3
     line = assert_one_line(err, "error: losses/critic_loss", "not finite at step", f"of {phase}; checkpoint in runs/")
-    assert_checkpoint(line, phase)
+    assert not assert_checkpoint(line, phase)["resumable"]  # for inspection only
 
 
 def test_nan_actions_stop_before_mujoco(monkeypatch, capsys):
@@ -331,12 +331,14 @@ def test_nan_actions_stop_before_mujoco(monkeypatch, capsys):
 
 @pytest.mark.parametrize("name, phase", [("mesa", "collect task 1/2"), ("maddpg", "test task 1/5")])
 def test_stop_request_ends_the_first_phase_with_exit_130(name, phase, monkeypatch, capsys):
-    # as after a first Ctrl-C: the loop stops at its next episode boundary (meta-training included)
+    # as after a first Ctrl-C: the loop stops at its next episode boundary (meta-training included), after the
+    # first episode here (one step of the one-step game), with a resumable checkpoint (tests/test_resume_mesa.py)
     MODULES[name].STOP_REQUESTED[0] = True
     code, _, err = run_in_process(name, TINY[name], monkeypatch, capsys)
     assert code == 130
-    line = assert_one_line(err, f"interrupted: at step 0 of {phase}; checkpoint in runs/")
-    assert assert_checkpoint(line, phase)["step"] == 0
+    line = assert_one_line(err, f"interrupted: at step 1 of {phase}; checkpoint in runs/")
+    checkpoint = assert_checkpoint(line, phase)
+    assert checkpoint["step"] == 1 and checkpoint["resumable"]
 
 
 # ----------------------------------------------------------------------------- the real command line
