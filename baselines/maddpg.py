@@ -35,6 +35,14 @@ Decisions where the paper is silent (ours), each next to its code:
   `buffer_size` trajectories; the actor's logits carry the original MADDPG code's 1e-3 L2 penalty;
 - climb-game returns are reported averaged over timesteps (the paper's convention, section 6.2),
   MPE and Swimmer returns summed.
+
+rMADDPG (marlbenchmark/off-policy's recurrent MADDPG, a common implementation; the paper does not say which one
+it ran) selects actions differently; each difference is a flag, off by default: `--share-policy` (one actor for
+all agents, rMADDPG's default; with identical observations, as in the climb games, every agent then has the same
+greedy action, so the greedy joint action is always diagonal (x, x)), `--epsilon-start 1 --epsilon-end 0.05
+--epsilon-anneal-steps 50000` (each agent's explore action replaced by a uniformly random one with probability
+epsilon, on top of the Gumbel sample), `--greedy-target-actions` (argmax target actions); and, with flags we
+already had, `--logit-penalty 0`, `--tau 0.005`, `--train-frequency` = the episode length (one update per episode).
 """
 
 import copy
@@ -129,6 +137,20 @@ class Args:
     """L2 penalty on the actors' logits/pre-tanh outputs (original MADDPG code; paper silent)"""
     exploration_noise: float = 0.1
     """std of the Gaussian action noise, continuous actions, in units of half the action range (paper silent)"""
+    share_policy: bool = False
+    """one actor for all agents (marlbenchmark/off-policy rMADDPG's default; ours: one per agent). With identical
+    observations (the climb games) the agents then share one greedy action: a diagonal joint action (x, x)"""
+    epsilon_start: float = 0.0
+    """probability that an agent's explore action is uniformly random instead of the Gumbel sample, at step 0
+    (discrete actions; rMADDPG: 1.0; ours: 0, off)"""
+    epsilon_end: float = 0.0
+    """that probability after --epsilon-anneal-steps (rMADDPG: 0.05)"""
+    epsilon_anneal_steps: int = 50_000
+    """env steps (of the learner's own phase) of the linear decay from --epsilon-start to --epsilon-end (rMADDPG: 50k)"""
+    greedy_target_actions: bool = False
+    """the critic's targets use the target actors' argmax (discrete) or noiseless tanh (continuous), as rMADDPG,
+    instead of a Gumbel sample / noisy action (ours). rMADDPG also has no logit penalty (--logit-penalty 0),
+    tau 0.005 (--tau 0.005) and one update per episode (--train-frequency = the episode length)"""
 
     # evaluation and logging
     eval_frequency: Optional[int] = None
@@ -260,9 +282,15 @@ class StackedGRUNet(nn.Module):
         """x [nets, M, in] -> the GRU's input-side gate pre-activations [nets, M, 3H]."""
         return torch.baddbmm(self.b_ih, F.relu(torch.baddbmm(self.b_in, x, self.w_in)), self.w_ih)
 
-    def cell(self, gates_x, h):
-        """One GRU step: gates_x [nets, M, 3H], h [nets, M, H] -> h' [nets, M, H]."""
-        gates_h = torch.baddbmm(self.b_hh, h, self.w_hh)  # [nets, M, 3H]
+    def hidden_gates(self, h):
+        """h [nets, M, H] -> the GRU's hidden-side gate pre-activations [nets, M, 3H]."""
+        return torch.baddbmm(self.b_hh, h, self.w_hh)
+
+    def cell(self, gates_x, h, gates_h=None):
+        """One GRU step: gates_x [nets, M, 3H], h [nets, M, H] -> h' [nets, M, H]. `gates_h`:
+        hidden_gates(h) when the caller has them (they broadcast against gates_x)."""
+        if gates_h is None:
+            gates_h = self.hidden_gates(h)  # [nets, M, 3H]
         x_r, x_z, x_n = gates_x.chunk(3, dim=-1)
         h_r, h_z, h_n = gates_h.chunk(3, dim=-1)
         r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
@@ -273,19 +301,31 @@ class StackedGRUNet(nn.Module):
         return torch.baddbmm(self.b_out, h, self.w_out)
 
     def step(self, x, h):
-        """One step from given hidden states: x [nets, M, in], h [nets, M, H] -> (out, h')."""
+        """One step from given hidden states: x [nets, M, in], h [nets, M, H] -> (out, h').
+        A single net (num_nets = 1) serves any number of members: x [members, M, in]."""
+        members, M, _ = x.shape
+        if members != self.w_in.shape[0]:  # one shared net: the members fold into its batch, [1, members*M, in]
+            out, h = self.step(x.reshape(1, members * M, -1), h.reshape(1, members * M, -1))
+            return out.reshape(members, M, -1), h.reshape(members, M, -1)
         h = self.cell(self.input_gates(x), h)
         return self.head(h), h
 
     def forward(self, x):
         """Whole sequences from a zero hidden state: x [nets, B, T, in] -> (out [nets, B, T, out],
-        hs [nets, B, T, H]), hs[:, :, t] the hidden state after step t."""
+        hs [nets, B, T, H]), hs[:, :, t] the hidden state after step t. A single net (num_nets = 1)
+        serves any number of members: x [members, B, T, in]."""
         nets, B, T, _ = x.shape
+        if nets != self.w_in.shape[0]:  # one shared net: the members fold into its batch, [1, members*B, T, in]
+            out, hs = self.forward(x.reshape(1, nets * B, T, -1))
+            return out.reshape(nets, B, T, -1), hs.reshape(nets, B, T, -1)
         gates_x = self.input_gates(x.reshape(nets, B * T, -1)).reshape(nets, B, T, -1)  # [nets, B, T, 3H]
         h = x.new_zeros(nets, B, self.hidden_dim)
         hs = []
-        for t in range(T):  # the recurrence is the only per-step Python work; T = 1..1000
-            h = self.cell(gates_x[:, :, t], h)
+        # the recurrence is the only per-step Python work; T = 1..1000. Easy to overlook: unbind, not
+        # gates_x[:, :, t] (a select's backward zero-fills a whole gates_x-sized tensor per step:
+        # O(T^2) memory traffic, two thirds of an update's time at T = 100 before we measured it)
+        for gates_t in gates_x.unbind(2):  # [nets, B, 3H] each
+            h = self.cell(gates_t, h)
             hs.append(h)
         hs = torch.stack(hs, dim=2)  # [nets, B, T, H]
         return self.head(hs.reshape(nets, B * T, -1)).reshape(nets, B, T, -1), hs
@@ -338,12 +378,17 @@ class TrajectoryBuffer:
 # ---------------------------------------------------------------------------------------------
 # --- shared: maddpg ---
 class MADDPG:
-    """n GRU actors (stacked), one centralized GRU critic over all observations and actions,
-    target copies of both, Adam; `update` is one gradient step of critic and actors."""
+    """n GRU actors (stacked; one shared by all agents with args.share_policy), one centralized GRU
+    critic over all observations and actions, target copies of both, Adam; `update` is one
+    gradient step of critic and actors. `epsilon`: the probability that an agent's explore-mode
+    action is replaced by a uniformly random one (discrete actions; the loop sets it every episode
+    from `greedy_epsilon`, 0 unless --epsilon-start is set)."""
 
     def __init__(self, n, obs_dim, act_dim, discrete, args, device):
         self.n, self.act_dim, self.discrete, self.args = n, act_dim, discrete, args
-        self.actor = StackedGRUNet(n, obs_dim, args.hidden_dim, act_dim).to(device)
+        self.epsilon = 0.0
+        # shared policy: one net, every agent's observations folded into its batch (StackedGRUNet.step/forward)
+        self.actor = StackedGRUNet(1 if args.share_policy else n, obs_dim, args.hidden_dim, act_dim).to(device)
         self.critic = StackedGRUNet(1, n * (obs_dim + act_dim), args.hidden_dim, 1).to(device)
         self.target_actor, self.target_critic = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.learning_rate)
@@ -379,7 +424,13 @@ class MADDPG:
         if h is None:
             h = obs.new_zeros(self.n, 1, self.args.hidden_dim)
         out, h = self.actor.step(obs[:, None], h)  # out [n, 1, act]
-        return self.policy_action(out[:, 0], mode), h
+        action = self.policy_action(out[:, 0], mode)  # [n, act]
+        if mode == "explore" and self.discrete and self.epsilon > 0:  # epsilon-greedy on top of the Gumbel sample
+            # (rMADDPG's exploration; a Python float, no host sync): each agent independently
+            take_random = torch.rand(self.n, 1, device=obs.device) < self.epsilon  # [n, 1]
+            uniform = F.one_hot(torch.randint(self.act_dim, (self.n,), device=obs.device), self.act_dim).float()
+            action = torch.where(take_random, uniform, action)
+        return action, h
 
     def update(self, batch):
         """One MADDPG step on a batch of trajectories; returns detached losses (no host sync)."""
@@ -395,7 +446,9 @@ class MADDPG:
         x = torch.cat([joint_obs[:, :T], actions], dim=-1)[None]  # [1, B, T, n*(obs+act)]
         with torch.no_grad():
             target_out, _ = self.target_actor(obs)  # [n, B, T+1, act]
-            next_actions = self.policy_action(target_out[:, :, 1:], "explore")  # [n, B, T, act]
+            # a sample of the target policy (ours), or its argmax / noiseless tanh (rMADDPG: --greedy-target-actions)
+            target_mode = "greedy" if args.greedy_target_actions else "explore"
+            next_actions = self.policy_action(target_out[:, :, 1:], target_mode)  # [n, B, T, act]
             next_actions = next_actions.permute(1, 2, 0, 3).reshape(B, T, -1)  # [B, T, n*act]
             _, target_hs = self.target_critic(x)  # [1, B, T, H]: hidden after the real step t
             x_next = torch.cat([joint_obs[:, 1:], next_actions], dim=-1)  # [B, T, n*(obs+act)]
@@ -418,13 +471,18 @@ class MADDPG:
         own = torch.eye(n, dtype=torch.bool, device=obs.device).reshape(n, 1, 1, n, 1)  # [n(i), 1, 1, n(j), 1]
         joint = torch.where(own, policy_actions[:, :, :, None], buffer_actions[None])  # [n, B, T, n, act]
         h_prev = torch.cat([critic_hs.new_zeros(1, B, 1, critic_hs.shape[-1]), critic_hs[:, :, :-1]], dim=2)
-        h_prev = h_prev.detach().expand(n, B, T, -1).reshape(1, n * B * T, -1)  # [1, n*B*T, H]
+        h_prev = h_prev.detach().reshape(1, B * T, -1)  # [1, B*T, H]
         x_pi = torch.cat([joint_obs[None, :, :T].expand(n, B, T, -1), joint.reshape(n, B, T, -1)], dim=-1)
-        q_pi, _ = self.critic.step(x_pi.reshape(1, n * B * T, -1), h_prev)  # [1, n*B*T, 1]
+        gates_x = self.critic.input_gates(x_pi.reshape(1, n * B * T, -1)).reshape(n, B * T, -1)  # [n, B*T, 3H]
+        # the hidden side is the same for the n substitutions: computed once, broadcast over them
+        h_pi = self.critic.cell(gates_x, h_prev, self.critic.hidden_gates(h_prev))  # [n, B*T, H]
+        q_pi = self.critic.head(h_pi.reshape(1, n * B * T, -1))  # [1, n*B*T, 1]
         actor_loss = -(q_pi.reshape(n, B, T) * mask).sum() / (n * mask.sum())
         actor_loss = actor_loss + args.logit_penalty * out.pow(2).mean()
         self.actor_optimizer.zero_grad()
-        actor_loss.backward()  # also fills the critic's grads; zeroed before its next step
+        # inputs=: the actors' grads only; the critic's weight grads of this loss (a third of the
+        # actor step's matmul work) would be computed and thrown away
+        actor_loss.backward(inputs=list(self.actor.parameters()))
         nn.utils.clip_grad_norm_(self.actor.parameters(), args.max_grad_norm)
         self.actor_optimizer.step()
 
@@ -506,6 +564,14 @@ def evaluate(env, learner, episodes, seed, spaces, device) -> float:
     """Mean summed reward of `episodes` greedy episodes."""
     policy = learner_policy(learner, "greedy", device)
     return float(np.mean([run_episode(env, policy, seed + i, spaces)["return"] for i in range(episodes)]))
+
+
+def greedy_epsilon(step: int, args) -> float:
+    """Probability of a uniformly random action per agent for an explore episode starting at env step
+    `step`: linear from epsilon_start to epsilon_end over epsilon_anneal_steps, then flat (rMADDPG:
+    1.0 -> 0.05 over 50k steps; ours: 0, off)."""
+    fraction = min(step / args.epsilon_anneal_steps, 1.0)
+    return args.epsilon_start + fraction * (args.epsilon_end - args.epsilon_start)
 
 
 def train_steps(learner, rb, global_step, next_train, args, generator):
@@ -804,6 +870,8 @@ def setup(args: Args):
     check_range(args, ("tau",), 0, 1, low_open=True)
     check_range(args, ("learning_rate", "max_grad_norm", "gumbel_temperature"), 0, low_open=True)
     check_range(args, ("logit_penalty", "exploration_noise"), 0)
+    check_range(args, ("epsilon_start", "epsilon_end"), 0, 1)
+    check_range(args, ("epsilon_anneal_steps",), 1, kind="integer")
     if args.learning_starts >= args.total_timesteps:  # the run would end untrained and report that as its score
         raise BadInput(f"--learning-starts {args.learning_starts}: no learning step before the end; "
                        f"must be < --total-timesteps {args.total_timesteps}")
@@ -893,6 +961,7 @@ def main(args: Args) -> dict:
 
     while global_step < args.total_timesteps:
         # COLLECT: uniformly random actions for the first learning_starts steps
+        learner.epsilon = greedy_epsilon(global_step, args)  # rMADDPG's epsilon-greedy (0: off)
         policy = warmup_policy if global_step < args.learning_starts else explore_policy
         ep = run_episode(env, policy, args.seed * 1_000_003 + episode, spaces)
         check_finite({"actions": ep["return"]}, global_step)  # the return is NaN iff an action was

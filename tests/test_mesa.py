@@ -1,9 +1,12 @@
 """Tests of mesa_maddpg.py and baselines/maddpg.py: MESA's equations on hand-worked values,
 the shared blocks, smoke runs on every environment (main() and the command line), seeding,
-saving/loading exploration policies, bad input, and three learning checks: MADDPG's equilibria
+saving/loading exploration policies, bad input, the MADDPG learner (its GRU against torch.nn.GRU,
+values and gradients; the rMADDPG options --share-policy, epsilon-greedy, --greedy-target-actions),
+and three learning checks: MADDPG's equilibria
 on a k = 2 and a k = 1 climb stage, and the exploration policies' coverage of M*.
 Run: /work/venv/bin/pytest tests/test_mesa.py -q (about 4 minutes on 2 cores)."""
 
+import copy
 import importlib.util
 import os
 import re
@@ -116,6 +119,97 @@ def test_kmeans_separates_blobs_and_clamps_clusters():
 def test_exploration_probability_anneals_linearly():
     p = lambda step: mesa.exploration_probability(step, 1000, 1.0, 0.0, 0.5)  # noqa: E731
     assert p(0) == 1.0 and p(250) == 0.5 and p(500) == 0.0 and p(900) == 0.0
+
+
+# ----------------------------------------------------------------------------- the MADDPG learner
+def test_stacked_gru_is_torch_gru_per_net_values_and_gradients():
+    # the update's speed-ups (unbind over time, the hidden side computed once) must leave the maths of
+    # torch.nn.GRU: outputs, hidden states and every weight's gradient, net by net
+    torch.manual_seed(0)
+    nets, B, T, D, H = 2, 3, 7, 4, 5
+    net = mesa.StackedGRUNet(nets, D, H, 2)
+    x = torch.randn(nets, B, T, D)
+    out, hs = net(x)
+    (out.square().sum() + hs.sum()).backward()
+    for i in range(nets):
+        gru = torch.nn.GRU(H, H, batch_first=True)
+        with torch.no_grad():
+            for name, value in (("weight_ih_l0", net.w_ih[i].T), ("weight_hh_l0", net.w_hh[i].T),
+                                ("bias_ih_l0", net.b_ih[i, 0]), ("bias_hh_l0", net.b_hh[i, 0])):
+                getattr(gru, name).copy_(value)
+        w_in, b_in = net.w_in[i].detach().requires_grad_(), net.b_in[i].detach().requires_grad_()
+        w_out, b_out = net.w_out[i].detach().requires_grad_(), net.b_out[i].detach().requires_grad_()
+        ref_hs, _ = gru(torch.relu(x[i] @ w_in + b_in))  # [B, T, H]
+        ref_out = ref_hs @ w_out + b_out
+        (ref_out.square().sum() + ref_hs.sum()).backward()
+        assert torch.allclose(hs[i], ref_hs, atol=1e-6) and torch.allclose(out[i], ref_out, atol=1e-6)
+        for mine, ref in ((net.w_ih.grad[i], gru.weight_ih_l0.grad.T), (net.w_hh.grad[i], gru.weight_hh_l0.grad.T),
+                          (net.b_hh.grad[i, 0], gru.bias_hh_l0.grad), (net.w_in.grad[i], w_in.grad),
+                          (net.w_out.grad[i], w_out.grad)):
+            assert torch.allclose(mine, ref, atol=1e-5)
+
+
+def learner_and_batch(**args):
+    torch.manual_seed(0)
+    args = mesa.resolve_args(replace(mesa.Args(env_id="climb-one-step"), **args))
+    n, obs_dim, act_dim, B, T = 2, 3, 4, 6, 5
+    learner = mesa.MADDPG(n, obs_dim, act_dim, True, args, torch.device("cpu"))
+    batch = {"obs": torch.randn(B, n, T + 1, obs_dim), "rewards": torch.rand(B, T), "terminated": torch.zeros(B, T),
+             "actions": torch.nn.functional.one_hot(torch.randint(act_dim, (B, n, T)), act_dim).float(),
+             "mask": torch.ones(B, T)}
+    return learner, batch
+
+
+def test_shared_policy_is_one_net_whose_greedy_joint_action_is_diagonal():
+    learner, batch = learner_and_batch(share_policy=True)
+    assert learner.actor.w_in.shape[0] == 1 and learner.critic.w_in.shape[0] == 1
+    # every agent runs the one net: the members fold into its batch
+    obs = batch["obs"].transpose(0, 1)  # [n, B, T+1, obs]
+    out, hs = learner.actor(obs)
+    alone, _ = learner.actor(obs[1:2])
+    assert out.shape == (2, 6, 6, 4) and hs.shape == (2, 6, 6, 64) and torch.allclose(out[1], alone[0])
+    # identical observations (the climb games): the same greedy action for every agent
+    actions, _ = learner.act(torch.ones(2, 3), None, "greedy")
+    assert torch.equal(actions[0], actions[1])
+    before = copy.deepcopy(learner.actor.state_dict())
+    learner.update(batch)
+    assert not torch.equal(before["w_in"], learner.actor.w_in)
+
+
+def test_epsilon_greedy_schedule_and_off_by_default():
+    args = replace(mesa.Args(), epsilon_start=1.0, epsilon_end=0.05, epsilon_anneal_steps=50_000)
+    assert [mesa.greedy_epsilon(step, args) for step in (0, 25_000, 50_000, 90_000)] == pytest.approx([1.0, 0.525, 0.05, 0.05])
+    assert mesa.greedy_epsilon(123, mesa.Args()) == 0.0
+    learner, _ = learner_and_batch()
+    obs = torch.zeros(2, 3)
+    # epsilon 0 (the default) draws no extra random numbers: default runs are unchanged
+    state = torch.get_rng_state()
+    learner.act(obs, None, "explore")
+    after_off = torch.get_rng_state()
+    torch.set_rng_state(state)
+    learner.epsilon = 1e-9
+    learner.act(obs, None, "explore")
+    assert not torch.equal(torch.get_rng_state(), after_off)
+    # epsilon 1: uniformly random one-hot actions whatever the logits
+    with torch.no_grad():
+        learner.actor.b_out[:, :, 0] = 100.0  # the Gumbel sample is action 0 always
+    learner.epsilon = 1.0
+    picks = torch.stack([learner.act(obs, None, "explore")[0].argmax(-1) for _ in range(400)])  # [400, n]
+    counts = torch.bincount(picks.flatten(), minlength=4)
+    assert counts.sum() == 800 and counts.min() > 140  # about 200 each
+    assert (learner.act(obs, None, "greedy")[0].argmax(-1) == 0).all()  # greedy (evaluation) acts never random
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_greedy_target_actions_make_the_critic_step_deterministic(greedy):
+    # the critic's step depends on the global generator only through the target actions' Gumbel sample
+    critics = []
+    for seed in (1, 2):
+        learner, batch = learner_and_batch(greedy_target_actions=greedy)
+        torch.manual_seed(seed)
+        learner.update(batch)
+        critics.append(learner.critic.w_hh.detach().clone())
+    assert torch.equal(critics[0], critics[1]) == greedy
 
 
 # ----------------------------------------------------------------------------- smoke runs
