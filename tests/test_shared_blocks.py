@@ -103,7 +103,7 @@ def test_maddpg_and_mesa_share_the_whole_learner():
     # mesa_maddpg.py carries MADDPG as marked copies of baselines/maddpg.py's blocks (equality: above)
     base = parse_shared_blocks((REPO_ROOT / "baselines" / "maddpg.py").read_text())
     mesa = parse_shared_blocks((REPO_ROOT / "mesa_maddpg.py").read_text())
-    assert set(base) == {"paper-defaults", "networks", "buffer", "maddpg", "cli"}
+    assert set(base) == {"paper-defaults", "networks", "buffer", "maddpg", "cli", "checkpoint", "maddpg-resume"}
     assert set(mesa) == set(base)
 
 
@@ -139,15 +139,15 @@ def test_checker_reads_indented_markers_and_keeps_indentation():
 
 
 def test_ce_rnd_copies_ce_sacs_backbone_and_equations():
-    # ce_rnd.py (RND novelty, paper 5.4) carries the SAC backbone, the command line and Eqs. 3 and 5 of
-    # ce_sac.py, and the replay buffer of baselines/sac.py, as marked blocks. The test above holds copies of
-    # one name equal once the originals carry the same markers; until then the blocks are compared here
-    # with the unmarked originals, function by function.
+    # ce_rnd.py (RND novelty, paper 5.4) carries the SAC backbone, the command line, the checkpoint and Eqs. 3
+    # and 5 of ce_sac.py, and the replay buffer of baselines/sac.py, as marked blocks. The test above holds
+    # copies of one name equal once the originals carry the same markers; until then the blocks are compared
+    # here with the unmarked originals, definition by definition (a blank line before the end marker aside).
     import ast
 
     rnd = parse_shared_blocks((REPO_ROOT / "ce_rnd.py").read_text())
     ce_text, sac_text = (REPO_ROOT / "ce_sac.py").read_text(), (REPO_ROOT / "baselines" / "sac.py").read_text()
-    assert {"sac-networks", "sac-update", "cli"} <= set(rnd) & set(parse_shared_blocks(ce_text))
+    assert {"sac-networks", "sac-update", "cli", "checkpoint"} <= set(rnd) & set(parse_shared_blocks(ce_text))
 
     def source(text: str, *names: str) -> str:
         """The top-level definitions `names` of a file's text, as written, joined by two blank lines."""
@@ -155,6 +155,8 @@ def test_ce_rnd_copies_ce_sacs_backbone_and_equations():
         nodes = {n.name: n for n in ast.parse(text).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
         return "\n\n".join("".join(lines[nodes[n].lineno - 1 : nodes[n].end_lineno]) for n in names)
 
-    assert rnd["collaborative-reward"] == source(ce_text, "collaborative_reward")
-    assert rnd["collaborative-action"] == source(ce_text, "collaborative_action")
-    assert rnd["replay-buffer"] == source(sac_text, "Batch", "ReplayBuffer")
+    for block, text, names in (("collaborative-reward", ce_text, ["collaborative_reward"]),
+                               ("collaborative-action", ce_text, ["collaborative_action"]),
+                               ("candidate-actions", ce_text, ["candidate_actions"]),
+                               ("replay-buffer", sac_text, ["Batch", "ReplayBuffer"])):  # fmt: skip
+        assert rnd[block].rstrip("\n") == source(text, *names).rstrip("\n"), f"ce_rnd.py's {block!r} differs from {names}"
