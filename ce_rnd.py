@@ -45,7 +45,7 @@ Decisions where the paper is silent (5.4 and D.8 describe the modes, Table 5 the
   steps too); each module keeps its own, from the rows it learns from (own: its agent's
   afterstates; shared and per-agent: everyone's). Normalised afterstates are clipped to [-5, 5].
 - Error: the mean over the 64 outputs of the squared difference (Burda et al.). Intrinsic reward
-  (spec: shared/spec/CE.md): the error divided by a running standard deviation of the module's
+  (our choice): the error divided by a running standard deviation of the module's
   errors on every sampled batch so far (all history, population variance, no mean subtracted).
   Burda divide by the std of the discounted intrinsic return, an on-policy construct.
 - Every SAC update trains the RND predictors with one Adam step (lr = --learning-rate), and the
@@ -404,7 +404,7 @@ def rnd_error(predictor: nn.Module, target: nn.Module, x: torch.Tensor) -> torch
 
 
 def intrinsic_reward(error: torch.Tensor, moments: RunningMoments) -> torch.Tensor:
-    """The RND novelty as a reward (5.4; CE.md): error [P, B] divided by the running std of the
+    """The RND novelty as a reward (5.4): error [P, B] divided by the running std of the
     module's errors (moments of D = 1) -> [P, B]. No mean is subtracted: the reward stays >= 0."""
     return error / moments.var.sqrt().clamp(min=1e-8).float()  # [P, B] / [P, 1]
 
