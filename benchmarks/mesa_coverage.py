@@ -1,7 +1,7 @@
 """Stage by stage, what MESA's exploration policies and its meta-tested learner play on the multi-stage climb game.
 
 The measurements behind the README's "what we measured about why" (MESA section). For one seed and
-task draw (`--seed s`, task seed 100 + s as in benchmarks/mesa_table.py), on the first test task:
+task draw (`--seed s`, task seed 100 + s as in benchmarks/reproduce.py mesa-table2), on the first test task:
 
 1. MESA runs once (meta-training, then meta-testing with all E exploration policies), unless
    `--exploration-policies PATH` gives saved policies (then only step 3's runs are trained).
@@ -39,7 +39,7 @@ class Args:
     seed: int = 3
     """MESA's seed; the tasks are drawn with task seed task_seed_offset + seed"""
     task_seed_offset: int = 100
-    """as in benchmarks/mesa_table.py"""
+    """as in benchmarks/reproduce.py mesa-table2"""
     exploration_policies: Optional[str] = None
     """saved exploration policies (mesa_maddpg.py's exploration_policies.pt) instead of meta-training"""
     episodes: int = 200
