@@ -1,0 +1,891 @@
+"""DIAYN on SAC: unsupervised skill pre-training, then fine-tuning of the best skill on the task reward.
+
+The "DIAYN" column of Table 1 in "Collaborative Exploration" (CE; section 5.1, Appendix C.1): Eysenbach,
+Gupta, Ibarz and Levine, "Diversity is All You Need: Learning Skills without a Reward Function" (ICLR
+2019), Algorithm 1 and section 4.2.1 ("using skills for policy initialisation"), on this project's SAC
+backbone (baselines/sac.py: jaxrl2's settings and CE's Table 5, as the CE paper runs every baseline).
+The CE protocol (C.1): 2e6 env steps, the first 1e6 to pre-train skills, the second 1e6 to fine-tune.
+1. PRE-TRAINING, no task reward: at each episode's start a skill z ~ p(z), uniform over K skills, is
+   drawn and fixed; the policy pi(a | s, z) and its critics see the observation with z one-hot appended;
+   a discriminator q_phi(z | s) learns to tell the skill from the state it reached; the policy is
+   trained by SAC on the pseudo-reward log q_phi(z | s') - log p(z) (`pseudo_reward`), with a fixed
+   entropy temperature (DIAYN's alpha = 0.1): skills become states that are easy to tell apart.
+2. The skills are saved (`runs/<run>/skills.pt`, loaded with weights_only=True); `--skills PATH` loads
+   them instead of pre-training.
+3. SELECTION: every skill is run on the task reward with its deterministic action; the best one is kept.
+4. FINE-TUNING: SAC continues from the pre-trained actor, critics and temperature, with z fixed to the
+   best skill and the task reward; the temperature is learned again. Evaluations (every `--eval-every`
+   env steps, fresh envs, deterministic action) are of the fine-tuned skill.
+
+Run:     python baselines/diayn.py --env-id cheetah-run                     # 1e6 + 1e6 env steps
+         python baselines/diayn.py --env-id cheetah-run --skills runs/<run>/skills.pt   # fine-tune only
+Expect:  the CE paper reports 820.2 on cheetah-run (Table 1; SAC 847.3); the last printed line is
+         `eval_return=<mean of the last 10 evaluations of fine-tuning>`.
+Quick check (under a CPU minute): python baselines/diayn.py --env-id Pendulum-v1 --num-skills 5
+         --pretrain-timesteps 2000 --finetune-timesteps 6000 --learning-starts 1000 --finetune-learning-starts 1000
+         --eval-every 1000 --eval-episodes 5 --skill-eval-episodes 2 --batch-size 64: the fine-tuned skill's
+         evaluations rise from about -1200 to -1400 to above -400 by fine-tuning step 4000 (best -100 to -125, seeds 1-3).
+
+Decisions where the papers are silent:
+- Backbone: the project's SAC (256-256, batch 256, lr 3e-4, clip 20, 10k random steps) for both phases;
+  from DIAYN: K = 50 skills, the fixed temperature 0.1 while pre-training, a discriminator MLP 300-300 on
+  the full observation, Adam 3e-4, trained on the batch's s' (the state the pseudo-reward is of,
+  Algorithm 1), one step per SAC update. Rewards are relabeled with the current discriminator at every
+  update (DIAYN's code computes them in the loss, too).
+- Selection: each skill's mean return over `--skill-eval-episodes` (3) episodes of the evaluation envs;
+  ties go to the lowest skill index. Fine-tuning starts from the pre-trained temperature (0.1; jaxrl2's
+  initial 1.0 would randomise the skill) and keeps the networks and their Adam states, with a fresh
+  replay buffer (the pre-training buffer holds other skills' data) and `--finetune-learning-starts`
+  (10k) steps of collection with the chosen skill before its first update.
+- Pre-training is not evaluated on the task (its policy has no task objective); the step count of the
+  logs runs over both phases (pre-training steps first).
+
+Seeding: `--seed` seeds python, numpy (the skills drawn), torch, the environment's resets and action
+space; on CPU two runs with the same seed are identical. What stays nondeterministic: CUDA kernels that
+use atomics (e.g. some backward passes), even with `--torch-deterministic`.
+"""
+
+import glob
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import NamedTuple, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `python baselines/diayn.py` finds envs/
+from envs.dmc import make_env  # noqa: E402
+
+SCRIPT = "baselines/diayn.py"  # in checkpoints and skills files: each loads only in the script that wrote it
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory's name)"""
+    seed: int = 1
+    """seed of python, numpy, torch and the environments"""
+    torch_deterministic: bool = True
+    """sets `torch.backends.cudnn.deterministic`"""
+    cuda: bool = True
+    """train on the GPU when there is one"""
+    torch_threads: int = 1
+    """CPU threads of torch; 1 is fastest for these small networks (measured 2-cores: more threads spin-wait) and keeps runs identical across machines"""
+    save_model: bool = False
+    """save the networks to `runs/{run_name}/{exp_name}.pt` at the end"""
+    checkpoint_every: int = 0
+    """env steps between checkpoints of the whole training state, `runs/{run_name}/checkpoint.pt` (0: none)"""
+    resume: Optional[str] = None
+    """continue an interrupted run bit for bit: `--resume` alone the newest one of this command under runs/, or a run folder or checkpoint"""
+
+    env_id: str = "cheetah-run"
+    """DMC task as `domain-task` (Table 1: the DMC15) or a gymnasium id with continuous actions"""
+    pretrain_timesteps: int = 1_000_000
+    """environment steps of unsupervised skill pre-training (CE C.1: 1e6); ignored with --skills"""
+    finetune_timesteps: int = 1_000_000
+    """environment steps of fine-tuning the best skill on the task reward (CE C.1: 1e6)"""
+    buffer_size: int = 1_000_000
+    """replay buffer capacity in transitions (CE Table 5)"""
+    gamma: float = 0.99
+    """discount factor (CE Table 5; DIAYN 0.99)"""
+    tau: float = 0.005
+    """target critic smoothing coefficient (jaxrl2)"""
+    batch_size: int = 256
+    """transitions per gradient update (CE Table 5)"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of actor, critics, temperature and discriminator (CE Table 5; DIAYN 3e-4)"""
+    target_entropy_scale: float = 0.5
+    """target entropy = -scale * |A| while fine-tuning (CE Table 5: -0.5 * |A|)"""
+    max_grad_norm: float = 20.0
+    """gradient-norm clip of actor and critics (CE Table 5)"""
+    learning_starts: int = 10_000
+    """environment steps of pre-training with uniform random actions before learning (jaxrl2's start_training)"""
+    finetune_learning_starts: int = 10_000
+    """environment steps of fine-tuning that only collect, with the best skill, before its first update"""
+    utd: int = 1
+    """gradient updates per environment step"""
+    eval_every: int = 5000
+    """environment steps of fine-tuning between evaluations (CE Appendix D.1)"""
+    eval_episodes: int = 10
+    """episodes per evaluation, run in lockstep with the deterministic (mean) action"""
+    log_every: int = 1000
+    """environment steps between loss logs (each log is a host-device sync)"""
+
+    # DIAYN
+    num_skills: int = 50
+    """K, skills z with p(z) uniform (DIAYN's locomotion experiments: 50)"""
+    skill_temperature: float = 0.1
+    """the fixed entropy temperature alpha of pre-training (DIAYN: 0.1)"""
+    discriminator_width: int = 300
+    """hidden units of the discriminator q_phi(z | s), an MLP of two such layers (DIAYN: 300)"""
+    skill_eval_episodes: int = 3
+    """episodes per skill (on the first evaluation envs) to pick the best skill on the task reward"""
+    skills: Optional[str] = None
+    """a skills.pt from an earlier run (same env and --num-skills): skip pre-training and fine-tune its best skill"""
+
+
+# --- shared: sac-networks ---
+class VectorizedLinear(nn.Module):
+    """`members` independent linear layers in one batched matmul: x [members, B, in] -> [members, B, out].
+
+    Members are agent-major: member m belongs to agent m // ensemble (twin critics: ensemble 2).
+    A layer built with agents=1 is shared by all agents (CE's multihead torso, section 5.8): it
+    takes x [N * ensemble, B, in] and applies its `ensemble` members to every agent's slice.
+    Initialisation as jaxrl2: orthogonal with gain sqrt(2), zero bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, agents: int, ensemble: int = 1):
+        super().__init__()
+        self.agents = agents
+        # Easy to miss on CPU: MKL's batched GEMM is 3-10x slower when the product has only a few
+        # columns (a critic's 1, an actor's 2|A|), unless the weight is stored as [out, in] (nn.Linear's
+        # layout). Wide layers are a little faster as [in, out], so a layer stores the faster of the two.
+        self.narrow = out_features < 32
+        shape = (out_features, in_features) if self.narrow else (in_features, out_features)
+        self.weight = nn.Parameter(torch.empty(agents * ensemble, *shape))
+        self.bias = nn.Parameter(torch.zeros(agents * ensemble, 1, out_features))
+        for w in self.weight:  # one orthogonal matrix per member
+            nn.init.orthogonal_(w, gain=math.sqrt(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.mT if self.narrow else self.weight  # [members, in, out], a view
+        members = weight.shape[0]
+        if x.shape[0] == members:
+            return torch.baddbmm(self.bias, x, weight)
+        groups = x.view(-1, members, *x.shape[1:])  # [N, members, B, in]: a shared layer
+        return (groups @ weight + self.bias).flatten(0, 1)  # [N * members, B, out]
+
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # jaxrl2's NormalTanhPolicy clips (not squashes) log std
+
+
+class Actor(nn.Module):
+    """N tanh-Gaussian policies (jaxrl2's NormalTanhPolicy), MLP 256-256, stacked along agents.
+
+    Actions lie in [-1, 1]^A: envs/dmc.py rescales every env's action box to it (as jaxrl2 does), so
+    the target entropy -0.5 |A| of Table 5 means the same on every task (quadruped's box is not [-1, 1]).
+    """
+
+    def __init__(self, env, num_agents: int, shared_torso: bool = False):
+        super().__init__()
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        torso = 1 if shared_torso else num_agents
+        self.num_agents = num_agents
+        self.fc1 = VectorizedLinear(obs_dim, 256, torso)
+        self.fc2 = VectorizedLinear(256, 256, torso)
+        self.fc_out = VectorizedLinear(256, 2 * act_dim, num_agents)  # mean and log std
+        self.log_prob_offset = -act_dim * (0.5 * math.log(2 * math.pi) + 2 * math.log(2))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs [N, B, O] (agent i sees obs[i]) or [B, O] (all agents see the same) -> mean, log_std [N, B, A]."""
+        if obs.dim() == 2:
+            obs = obs.expand(self.num_agents, *obs.shape)  # [N, B, O], no copy
+        h = F.relu_(self.fc2(F.relu_(self.fc1(obs))))  # in place: a layer's output is not needed for its backward
+        mean, log_std = self.fc_out(h).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def get_action(self, obs: torch.Tensor, with_log_prob: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A reparameterised sample [N, B, A] and its log-density [N, B] (None if not `with_log_prob`)."""
+        mean, log_std = self(obs)
+        noise = torch.randn_like(mean)
+        x = mean + log_std.exp() * noise  # pre-tanh sample
+        action = torch.tanh(x)
+        if not with_log_prob:
+            return action, None
+        # log N(x; mean, std) - log|da/dx|, with the stable log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x));
+        # the constants (log 2pi, log 2) are summed once, in __init__
+        log_prob = (2 * (x + F.softplus(-2 * x)) - log_std).sum(-1) - 0.5 * noise.square().sum(-1)
+        return action, log_prob + self.log_prob_offset
+
+    def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic (mean) action [N, B, A] of evaluation. It draws no random numbers, so
+        evaluating (how often, with which agent) leaves the training run's random stream alone."""
+        return torch.tanh(self(obs)[0])
+
+
+class SoftQNetwork(nn.Module):
+    """N agents' twin critics (jaxrl2's StateActionEnsemble, 2 Qs), MLP 256-256, as one ensemble of 2N members."""
+
+    def __init__(self, env, num_agents: int, shared_torso: bool = False):
+        super().__init__()
+        in_dim = env.observation_space.shape[0] + env.action_space.shape[0]
+        torso = 1 if shared_torso else num_agents
+        self.num_agents = num_agents
+        self.fc1 = VectorizedLinear(in_dim, 256, torso, ensemble=2)
+        self.fc2 = VectorizedLinear(256, 256, torso, ensemble=2)
+        self.fc_out = VectorizedLinear(256, 1, num_agents, ensemble=2)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """obs [N, B, O] or [B, O], actions [N, B, A] or [B, A] -> Q [N, 2, B]."""
+        shape = (self.num_agents, 2, actions.shape[-2])
+        x = torch.cat([obs.unsqueeze(-3).expand(*shape, -1), actions.unsqueeze(-3).expand(*shape, -1)], -1)  # [N, 2, B, O + A]
+        h = F.relu_(self.fc2(F.relu_(self.fc1(x.flatten(0, 1)))))  # [2N, B, 256]
+        return self.fc_out(h).view(shape)
+
+
+@torch.no_grad()
+def clip_grad_norm_per_agent_(net: nn.Module, max_norm: float) -> torch.Tensor:
+    """Table 5's gradient-norm clip, for each agent on its own: agent i's norm runs over its slices
+    of every stacked parameter, and only its slices are scaled. One batched reduction per
+    parameter, no loop over agents. Layers shared by all agents (multihead) count in every
+    agent's norm and take the smallest agent's scale. Returns the norms [N] before clipping."""
+    layers = [m for m in net.modules() if isinstance(m, VectorizedLinear)]
+    num_agents = max(layer.agents for layer in layers)
+    grads = [(layer.agents, g.view(layer.agents, -1)) for layer in layers for g in (layer.weight.grad, layer.bias.grad)]
+    per_param = torch.stack([torch.linalg.vector_norm(g, dim=1).expand(num_agents) for _, g in grads])  # [P, N]
+    norms = torch.linalg.vector_norm(per_param, dim=0)  # [N]; a shared layer's norm counts for every agent
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)[:, None]  # [N, 1]
+    shared_scale = scale.min(0, keepdim=True).values  # [1, 1]
+    torch._foreach_mul_([g for _, g in grads], [scale if a == num_agents else shared_scale for a, _ in grads])
+    return norms
+# --- end shared ---
+
+
+def make_discriminator(obs_dim: int, num_skills: int, width: int) -> nn.Module:
+    """q_phi(z | s): MLP width-width on the observation -> K logits (DIAYN: 300-300, ReLU)."""
+    return nn.Sequential(nn.Linear(obs_dim, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, num_skills))
+
+
+def skill_env(env, num_skills: int):
+    """The spaces the skill-conditioned networks see: the observation with the skill's one-hot appended."""
+    obs_dim = env.observation_space.shape[0] + num_skills
+    return SimpleNamespace(observation_space=gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32), action_space=env.action_space)
+
+
+class Batch(NamedTuple):
+    obs: torch.Tensor  # [B, O] (the skill-conditioned networks get [B, O + K])
+    actions: torch.Tensor  # [B, A]
+    rewards: torch.Tensor  # [B]
+    next_obs: torch.Tensor  # [B, O]
+    terminations: torch.Tensor  # [B]
+    skills: torch.Tensor  # [B], long: the skill the transition was collected with
+
+
+class SkillReplayBuffer:
+    """Transitions on the training device, one per env step, each with the skill that collected it."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.capacity, self.device = capacity, device
+        self.obs = torch.zeros(capacity, obs_dim, device=device)
+        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
+        self.actions = torch.zeros(capacity, act_dim, device=device)
+        self.rewards = torch.zeros(capacity, device=device)
+        self.terminations = torch.zeros(capacity, device=device)
+        self.skills = torch.zeros(capacity, dtype=torch.long, device=device)
+        self.added = 0
+
+    def add(self, obs, action, reward, next_obs, termination, skill):
+        """One transition (numpy): obs [O], action [A], reward, termination and skill scalars."""
+        row = self.added % self.capacity
+        for field, value in zip((self.obs, self.actions, self.rewards, self.next_obs, self.terminations, self.skills),
+                                (obs, action, reward, next_obs, termination, skill)):  # fmt: skip
+            field[row] = torch.as_tensor(value, dtype=field.dtype, device=self.device)
+        self.added += 1
+
+    def sample(self, batch_size: int) -> Batch:
+        """Uniform over all stored transitions; indices drawn on the buffer's device (no host sync)."""
+        idx = torch.randint(min(self.added, self.capacity), (batch_size,), device=self.device)  # [B]
+        return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminations[idx],
+                     self.skills[idx])  # fmt: skip
+
+    def state_dict(self) -> dict:
+        """The filled rows of every field (cloned: a slice would save the whole storage) and the write counter."""
+        filled = min(self.added, self.capacity)
+        fields = {name: value[:filled].clone() for name, value in vars(self).items() if isinstance(value, torch.Tensor)}
+        return {"added": self.added, **fields}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.added = state["added"]
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                value[: len(state[name])] = state[name]
+
+
+def skill_observation(obs: torch.Tensor, skills: torch.Tensor, num_skills: int) -> torch.Tensor:
+    """The input of pi(a | s, z) and Q(s, a, z): obs [B, O], skills [B] (long) -> [B, O + K], z one-hot appended."""
+    return torch.cat([obs, F.one_hot(skills, num_skills).to(obs.dtype)], -1)
+
+
+def pseudo_reward(logits: torch.Tensor, skills: torch.Tensor) -> torch.Tensor:
+    """DIAYN's reward (Algorithm 1; section 3): logits [B, K] of q_phi(. | s'), skills [B] -> [B].
+
+    r_z(s, a) = log q_phi(z | s') - log p(z), with p(z) = 1/K uniform: log_softmax(logits)[z] + log K.
+    It is log K for a state the discriminator ties to z with certainty, 0 for a state it cannot tell
+    from any other skill's (q = p), and below 0 for one it ties to another skill.
+    """
+    log_q = F.log_softmax(logits, -1).gather(1, skills[:, None])[:, 0]  # [B]
+    return log_q + math.log(logits.shape[-1])
+
+
+def skills_file_problem(state, expected: dict, args: Args) -> str | None:
+    """What is wrong with a loaded skills file, in a few words (None: nothing). `expected` holds the state dicts
+    of freshly built networks of this run: every saved tensor must have their keys and shapes, and be finite."""
+    if not isinstance(state, dict) or state.get("script") != SCRIPT or not expected.keys() <= state.keys():
+        return f"not a skills file of {SCRIPT}"
+    if state.get("env_id") != args.env_id:
+        return f"skills of --env-id {state.get('env_id')}; this run is --env-id {args.env_id}"
+    if state.get("num_skills") != args.num_skills:
+        return f"{state.get('num_skills')} skills; this run has --num-skills {args.num_skills}"
+    for part, reference in expected.items():
+        saved = state[part]
+        if not isinstance(saved, dict) or saved.keys() != reference.keys():
+            return f"{part} has other parameters than this run's networks (--discriminator-width?)"
+        for name, tensor in saved.items():
+            if not isinstance(tensor, torch.Tensor) or tensor.shape != reference[name].shape:
+                return f"{part}.{name} has shape {getattr(tensor, 'shape', None)}, expected {tuple(reference[name].shape)}"
+            if not torch.isfinite(tensor).all():
+                return f"{part}.{name} holds a NaN or an infinity"
+    return None
+
+
+# --- shared: cli ---
+# What every script promises on the command line (README, "Exit codes"): bad input is one line on
+# stderr and exit 2 (as tyro's own parse errors), a NaN or infinity in training one line and exit 3,
+# Ctrl-C one line and exit 130; a traceback means a bug.
+EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class BadInput(ValueError):
+    """An impossible setting or an unusable file, as one line: `--flag VALUE: what is valid`."""
+
+
+class NonFinite(RuntimeError):
+    """A NaN or an infinity in training (a loss, a Q-value, an action), named with its step."""
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C: the run stopped between two steps."""
+
+
+def check_range(args, names, low=-math.inf, high=math.inf, *, low_open=False, high_open=False, kind="number"):
+    """BadInput unless every field of `args` in `names` is a finite number in the interval (ends
+    included unless open); `kind="integer"` also refuses a non-integer."""
+    for name in names:
+        value = getattr(args, name)
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (math.isfinite(value) and above and below and (kind != "integer" or float(value).is_integer())):
+            bounds = [f"{op} {int(end) if float(end).is_integer() else end}" for op, end, used in (
+                (">" if low_open else ">=", low, low > -math.inf), ("<" if high_open else "<=", high, high < math.inf)) if used]
+            valid = f"must be {'an integer' if kind == 'integer' else 'a finite number'} {' and '.join(bounds)}".rstrip()
+            raise BadInput(f"--{name.replace('_', '-')} {value}: {valid}")
+
+
+def save_file(obj, path: str) -> None:
+    """torch.save, atomically: a file interrupted while being written never replaces a good one."""
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_file(path: str, flag: str, what: str):
+    """torch.load of a file a user names, with weights_only=True (tensors and plain containers,
+    never code); BadInput if it is missing, empty, truncated, corrupt or not a torch file."""
+    if not os.path.isfile(path):
+        raise BadInput(f"{flag} {path}: no such file; expected {what}")
+    try:
+        with warnings.catch_warnings():  # torch warns about a raw pickle's protocol before refusing it: one line is ours
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError, EOFError, RuntimeError (zip), ...: all the same to the user
+        raise BadInput(f"{flag} {path}: not a readable torch file ({type(error).__name__}); expected {what}") from None
+
+
+class Progress:
+    """Phase, steps, steps per second, time left and the last evaluation: a tqdm bar when stdout is
+    a terminal, a plain line every `every` seconds otherwise (log files, pipes, clusters)."""
+
+    def __init__(self, every: float = 30.0):
+        self.every, self.bar, self.last_eval = every, None, "-"
+        self.interactive = sys.stdout.isatty()
+
+    def phase(self, name: str, total: int, start: int = 0) -> None:
+        """Begin a phase counting steps from `start` to `total` (the rate is measured within it)."""
+        self.close()
+        self.name, self.total, self.step, self.last_eval = name, total, start, "-"
+        self.last_step, self.last_time, self.sps = start, time.time(), 0.0
+        if self.interactive:
+            self.bar = tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True, file=sys.stdout)
+
+    def update(self, step: int, eval_return: float | None = None) -> None:
+        if eval_return is not None:
+            self.last_eval = f"{eval_return:.4g}"
+        if self.bar is not None:
+            self.bar.update(step - self.step)
+            self.bar.set_postfix_str(f"eval_return={self.last_eval}", refresh=False)
+        elif time.time() - self.last_time >= self.every or eval_return is not None:
+            now = time.time()
+            if now - self.last_time >= 1.0:  # the rate over the last line's interval (not over an instant)
+                self.sps = (step - self.last_step) / (now - self.last_time)
+                self.last_step, self.last_time = step, now
+            left = (self.total - step) / self.sps if self.sps > 0 else math.inf
+            eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 * 365 else "?"
+            print(f"{self.name}: step {step}/{self.total} ({100 * step / self.total:.0f}%), {self.sps:.1f} steps/s, "
+                  f"{eta} left, eval_return {self.last_eval}", flush=True)
+        self.step = step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+STOP_REQUESTED = [False]  # set by the first Ctrl-C under `cli`; the training loop stops at its next step
+
+
+def cli(main, args_type) -> None:
+    """`main(tyro.cli(args_type))` with the exit codes above: bad input, a non-finite value and
+    Ctrl-C end in one line on stderr, never a traceback. The first Ctrl-C asks the loop to stop
+    at its next step (it checkpoints when checkpointing is on); a second stops at once."""
+
+    def request_stop(signum, frame):
+        STOP_REQUESTED[0] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: KeyboardInterrupt at once
+
+    argv = sys.argv[1:]
+    if "--resume" in argv[-1:] or any(a == "--resume" and b.startswith("--") for a, b in zip(argv, argv[1:])):
+        argv.insert(argv.index("--resume") + 1, "latest")  # `--resume` alone: the newest interrupted run of this command
+    args = tyro.cli(args_type, args=argv)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        main(args)
+        return
+    except BadInput as error:
+        message, code = f"error: {error}", EXIT_BAD_INPUT
+    except NonFinite as error:
+        message, code = f"error: {error}", EXIT_NON_FINITE
+    except (Interrupted, KeyboardInterrupt) as error:
+        message, code = f"interrupted: {error or 'stopped at once (second Ctrl-C)'}", EXIT_INTERRUPTED
+    print(message, file=sys.stderr)
+    sys.exit(code)
+# --- end shared ---
+
+
+# --- shared: checkpoint ---
+# Exact resume (--checkpoint-every, --resume): a checkpoint holds every tensor, counter and random generator that
+# decides what happens next. Environments are not pickled (loading a file must never run code): each one is
+# rebuilt from the state of its generator just before its last reset, and the actions of its episode so far.
+NOT_COMPARED_ON_RESUME = ("resume", "checkpoint_every", "torch_threads", "cuda", "save_model")  # may change between tries
+
+
+def rng_state(rng) -> dict:
+    """The state of a numpy RandomState (dm_control's) or Generator (gymnasium's) as plain values and tensors."""
+    if isinstance(rng, np.random.RandomState):
+        state = rng.get_state(legacy=False)
+        return {**state, "state": {"key": torch.from_numpy(state["state"]["key"].astype(np.int64)), "pos": state["state"]["pos"]}}
+    return rng.bit_generator.state
+
+
+def set_rng_state(rng, state: dict) -> None:
+    if isinstance(rng, np.random.RandomState):
+        rng.set_state({**state, "state": {"key": state["state"]["key"].numpy().astype(np.uint32), "pos": state["state"]["pos"]}})
+    else:
+        rng.bit_generator.state = state
+
+
+def global_rng_states() -> dict:
+    """Python's, numpy's and torch's global generators (CPU and every GPU)."""
+    return {"python": random.getstate(), "numpy": rng_state(np.random.mtrand._rand), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_global_rng_states(state: dict) -> None:
+    random.setstate(state["python"])
+    set_rng_state(np.random.mtrand._rand, state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def replay_episode(env, reset: dict, actions: list) -> np.ndarray:
+    """Rebuild an environment mid-episode: reset it as its episode began (`reset` holds the reset's seed, or the
+    state of its generator just before an unseeded reset), take the episode's actions again, return the observation.
+    MuJoCo and gymnasium's classic-control tasks are deterministic given these."""
+    if "seed" in reset:
+        obs, _ = env.reset(seed=reset["seed"])
+    else:
+        set_rng_state(env.unwrapped.np_random, reset["rng"])
+        obs, _ = env.reset()
+    for action in actions:
+        obs = env.step(action)[0]
+    return obs
+
+
+def settings_of(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in NOT_COMPARED_ON_RESUME}
+
+
+def find_checkpoint(args, script: str) -> str:
+    """The checkpoint that `--resume` names: a file, a run folder, or (`--resume` alone) the newest unfinished
+    run of this command (same script, env, seed and settings) under runs/. BadInput if there is none."""
+    if args.resume != "latest":
+        path = os.path.join(args.resume, "checkpoint.pt") if os.path.isdir(args.resume) else args.resume
+        if not os.path.isfile(path):
+            raise BadInput(f"--resume {args.resume}: no checkpoint there; expected a run folder or its checkpoint.pt")
+        return path
+    candidates = []
+    for folder in glob.glob(f"runs/{args.env_id}__{args.exp_name}__{args.seed}__*"):
+        try:
+            with open(os.path.join(folder, "settings.json")) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if (saved.get("script") == script and saved.get("settings") == settings_of(args)
+                and os.path.isfile(os.path.join(folder, "checkpoint.pt"))
+                and not os.path.exists(os.path.join(folder, "result.json"))):
+            candidates.append(os.path.join(folder, "checkpoint.pt"))
+    if not candidates:
+        raise BadInput(f"--resume: no interrupted run of this command under runs/{args.env_id}__{args.exp_name}__"
+                       f"{args.seed}__*/ (same settings, a checkpoint.pt, no result.json); start it without --resume")
+    return max(candidates, key=os.path.getmtime)
+
+
+def load_checkpoint(args, script: str) -> dict:
+    """The checkpoint `--resume` names, checked to be this script's, resumable, and of the same settings."""
+    path = find_checkpoint(args, script)
+    state = load_file(path, "--resume", f"a checkpoint.pt written by {script}")
+    if not isinstance(state, dict) or state.get("script") != script or "settings" not in state:
+        raise BadInput(f"--resume {path}: not a checkpoint of {script}")
+    if not state.get("resumable", False):
+        raise BadInput(f"--resume {path}: written when a non-finite value stopped the run; it is for inspection only")
+    changed = sorted(k for k in state["settings"].keys() | settings_of(args).keys()
+                     if state["settings"].get(k) != settings_of(args).get(k))
+    if changed:
+        was = " ".join(f"--{k.replace('_', '-')} {state['settings'].get(k)}" for k in changed)
+        raise BadInput(f"--resume {path}: the run was started with {was}; resume it with the same settings")
+    return state
+
+
+def write_json(obj: dict, path: str) -> None:
+    """json.dump, atomically."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+# --- end shared ---
+
+
+def validate(args: Args) -> None:
+    """BadInput (one line) for the first impossible setting, or one that would make the run meaningless."""
+    check_range(args, ("seed",), 0, 2**31 - 1, kind="integer")
+    check_range(args, ("torch_threads", "finetune_timesteps", "buffer_size", "batch_size", "utd", "eval_every",
+                       "eval_episodes", "log_every", "discriminator_width", "skill_eval_episodes"), 1, kind="integer")  # fmt: skip
+    check_range(args, ("num_skills",), 2, kind="integer")  # one skill has nothing to tell apart: its reward is 0
+    check_range(args, ("pretrain_timesteps", "learning_starts", "finetune_learning_starts", "checkpoint_every"), 0, kind="integer")
+    if args.skills is None and args.learning_starts >= args.pretrain_timesteps:  # the skills would stay untrained
+        raise BadInput(f"--learning-starts {args.learning_starts}: no pre-training step before fine-tuning; must be < --pretrain-timesteps {args.pretrain_timesteps} (or pass --skills)")
+    if args.finetune_learning_starts >= args.finetune_timesteps:  # the run would report the untuned skill
+        raise BadInput(f"--finetune-learning-starts {args.finetune_learning_starts}: no fine-tuning step before the end; must be < --finetune-timesteps {args.finetune_timesteps}")
+    if args.skill_eval_episodes > args.eval_episodes:
+        raise BadInput(f"--skill-eval-episodes {args.skill_eval_episodes}: runs on the evaluation envs; must be <= --eval-episodes {args.eval_episodes}")
+    check_range(args, ("gamma",), 0, 1)
+    check_range(args, ("tau",), 0, 1, low_open=True)
+    check_range(args, ("learning_rate", "skill_temperature", "max_grad_norm"), 0, low_open=True)
+    check_range(args, ("target_entropy_scale",))
+    try:
+        make_env(args.env_id, args.seed).close()
+    except ValueError as error:  # the valid ids are in the message
+        raise BadInput(f"--env-id {args.env_id}: {error}") from None
+
+
+def main(args: Args) -> dict:
+    validate(args)
+    torch.set_num_threads(args.torch_threads)  # before any torch work (see --torch-threads)
+    N, K = 1, args.num_skills  # one agent (the backbone's stacked networks with N = 1), K skills
+    if args.skills:  # a bad file is refused before anything is built or written
+        env = make_env(args.env_id, args.seed)
+        expected = {"actor": Actor(skill_env(env, K), N).state_dict(), "qf": SoftQNetwork(skill_env(env, K), N).state_dict(),
+                    "discriminator": make_discriminator(env.observation_space.shape[0], K, args.discriminator_width).state_dict()}
+        env.close()
+        skills = load_file(args.skills, "--skills", f"a skills.pt written by {SCRIPT}")
+        problem = skills_file_problem(skills, expected, args)
+        if problem:
+            raise BadInput(f"--skills {args.skills}: {problem}")
+    resume = load_checkpoint(args, SCRIPT) if args.resume else None  # BadInput for a missing or mismatched one
+    run_name = resume["run_name"] if resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    # a resumed run drops what the interrupted one logged after its checkpoint, and logs it again
+    writer = SummaryWriter(f"runs/{run_name}", purge_step=resume["loop"]["global_step"] + 1 if resume else None)
+    write_json({"script": SCRIPT, "settings": settings_of(args)}, f"runs/{run_name}/settings.json")
+    writer.add_text(
+        "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+    )
+
+    # SEEDING
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # ENVIRONMENTS
+    env = make_env(args.env_id, args.seed)
+    eval_envs = [make_env(args.env_id, args.seed + 10_000 + j) for j in range(args.eval_episodes)]
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+
+    actor = Actor(skill_env(env, K), N).to(device)
+    qf = SoftQNetwork(skill_env(env, K), N).to(device)
+    qf_target = SoftQNetwork(skill_env(env, K), N).to(device)
+    qf_target.load_state_dict(qf.state_dict())
+    qf_target.requires_grad_(False)  # moved only by the soft update
+    qf_params, qf_target_params = list(qf.parameters()), list(qf_target.parameters())
+    q_optimizer = torch.optim.Adam(qf_params, lr=args.learning_rate, fused=True)
+    # pre-training: DIAYN's fixed temperature (no gradient, so Adam skips it); fine-tuning learns it again
+    log_alpha = torch.full((N,), math.log(args.skill_temperature), device=device)
+    alpha = log_alpha.exp()  # [N]
+    actor_optimizer = torch.optim.Adam([*actor.parameters(), log_alpha], lr=args.learning_rate, fused=True)
+    target_entropy = -args.target_entropy_scale * act_dim
+    discriminator = make_discriminator(obs_dim, K, args.discriminator_width).to(device)
+    discriminator_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.learning_rate, fused=True)
+    pretrain_steps = 0 if args.skills else args.pretrain_timesteps
+    total_steps = pretrain_steps + args.finetune_timesteps
+    if args.skills:
+        for name, module in (("actor", actor), ("qf", qf), ("qf_target", qf_target), ("discriminator", discriminator)):
+            module.load_state_dict(skills[name])
+        with torch.no_grad():
+            log_alpha.copy_(skills["log_alpha"])
+        alpha = log_alpha.exp()
+
+    rb = SkillReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
+
+    episode_reset = {"seed": args.seed}  # how the env's episode began, and its actions since: what a resumed run replays
+    obs, _ = env.reset(seed=args.seed)  # [O]
+    episode_actions: list[np.ndarray] = []
+    episode_return = 0.0
+    skill = int(np.random.randint(K))  # the episode's skill, z ~ p(z)
+    phase, best_skill, skill_returns = "pretrain", None, None
+    eval_returns: list[float] = []
+    global_step, next_eval, next_log, next_checkpoint = 0, pretrain_steps + args.eval_every, args.log_every, args.checkpoint_every
+    stateful = {"actor": actor, "qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer,
+                "discriminator": discriminator, "discriminator_optimizer": discriminator_optimizer}  # fmt: skip
+    checkpoint_path = f"runs/{run_name}/checkpoint.pt"
+
+    def model_state() -> dict:
+        """Every network, optimizer and the temperature: `--save-model`."""
+        return {"global_step": global_step, "log_alpha": log_alpha.detach(), "best_skill": best_skill,
+                **{name: m.state_dict() for name, m in stateful.items()}}
+
+    def training_state(resumable: bool = True) -> dict:
+        """Everything that decides the rest of the run: a checkpoint for --resume (or, at a non-finite stop, for inspection)."""
+        return {"script": SCRIPT, "settings": settings_of(args), "run_name": run_name, "resumable": resumable,
+                **model_state(), "buffer": rb.state_dict(), "rng": global_rng_states(),
+                "action_space": rng_state(env.action_space.np_random),
+                "eval_envs": [rng_state(e.unwrapped.np_random) for e in eval_envs],
+                "loop": {"global_step": global_step, "next_eval": next_eval, "next_log": next_log,
+                         "next_checkpoint": next_checkpoint, "eval_returns": eval_returns, "phase": phase,
+                         "skill": skill, "skill_returns": skill_returns,
+                         "episode_return": episode_return, "obs": torch.from_numpy(obs), "episode_reset": episode_reset,
+                         "episode_actions": torch.from_numpy(np.asarray(episode_actions, np.float32).reshape(-1, act_dim))}}
+
+    def stop(error: Exception):
+        """End the run between two steps (Ctrl-C, or a non-finite value): a checkpoint, the logs closed."""
+        save_file(training_state(resumable=isinstance(error, Interrupted)), checkpoint_path)
+        progress.close()
+        writer.close()
+        raise type(error)(f"{error}; checkpoint in {checkpoint_path}")
+
+    def evaluate(skill_index: int, envs: list) -> np.ndarray:
+        """Returns [E] of one episode on each of `envs`, in lockstep, with the skill's deterministic (mean) action."""
+        eval_obs = np.stack([e.reset()[0] for e in envs])  # [E, O]
+        returns, running = np.zeros(len(envs)), np.ones(len(envs), bool)
+        z = torch.full((len(envs),), skill_index, device=device)  # [E]
+        while running.any():
+            with torch.no_grad():
+                mean_actions = actor.mean_action(skill_observation(torch.as_tensor(eval_obs, device=device), z, K))  # [1, E, A]
+                eval_actions = mean_actions[0].cpu().numpy()  # [E, A]
+            for j in np.flatnonzero(running):
+                eval_obs[j], r, terminated, truncated, _ = envs[j].step(eval_actions[j])
+                returns[j] += r
+                running[j] = not (terminated or truncated)
+        return returns
+
+    if resume:  # RESUME: everything built above is overwritten with the checkpoint's state
+        for name, module in stateful.items():
+            module.load_state_dict(resume[name])
+        loop = resume["loop"]
+        phase, skill, skill_returns, best_skill = loop["phase"], loop["skill"], loop["skill_returns"], resume["best_skill"]
+        with torch.no_grad():
+            log_alpha.copy_(resume["log_alpha"])
+        log_alpha.requires_grad_(phase == "finetune")
+        alpha = log_alpha.detach().exp()
+        rb.load_state_dict(resume["buffer"])
+        set_global_rng_states(resume["rng"])
+        set_rng_state(env.action_space.np_random, resume["action_space"])
+        for e, saved in zip(eval_envs, resume["eval_envs"]):
+            set_rng_state(e.unwrapped.np_random, saved)
+        global_step, next_eval, next_log, next_checkpoint = (loop[k] for k in ("global_step", "next_eval", "next_log", "next_checkpoint"))
+        eval_returns, episode_return, episode_reset = loop["eval_returns"], loop["episode_return"], loop["episode_reset"]
+        episode_actions = list(loop["episode_actions"].numpy())
+        obs = replay_episode(env, episode_reset, episode_actions)
+        if not np.array_equal(obs, loop["obs"].numpy()):
+            raise BadInput(f"--resume {args.resume}: the environment did not replay to its saved state (nondeterministic env?)")
+    learning_start_time, sps = None, 0.0
+    progress = Progress()
+    if phase == "pretrain":
+        progress.phase("warm-up", args.learning_starts, global_step)
+    else:
+        progress.phase("fine-tuning", total_steps, global_step)
+
+    while global_step < total_steps:
+        if STOP_REQUESTED[0]:
+            stop(Interrupted(f"at step {global_step}"))
+        if phase == "pretrain" and global_step >= pretrain_steps:
+            # SKILLS: saved, then each run on the task reward; fine-tuning starts from the best
+            if not args.skills:
+                path = f"runs/{run_name}/skills.pt"
+                save_file({"script": SCRIPT, "env_id": args.env_id, "num_skills": K, "log_alpha": log_alpha.detach(),
+                           **{name: m.state_dict() for name, m in (("actor", actor), ("qf", qf), ("qf_target", qf_target),
+                                                                   ("discriminator", discriminator))}}, path)  # fmt: skip
+                print(f"skills saved to {path}")
+            skill_returns = [float(evaluate(z, eval_envs[: args.skill_eval_episodes]).mean()) for z in range(K)]
+            best_skill = int(np.argmax(skill_returns))  # ties: the lowest index
+            writer.add_scalar("charts/best_skill", best_skill, global_step)
+            writer.add_scalar("charts/best_skill_return", skill_returns[best_skill], global_step)
+            phase, skill = "finetune", best_skill
+            log_alpha.requires_grad_(True)  # the backbone's learned temperature, from the pre-trained value
+            rb.added = 0  # a fresh buffer: the pre-training rows hold other skills' behaviour
+            episode_reset, episode_actions = {"rng": rng_state(env.unwrapped.np_random)}, []  # a fresh episode with the best skill
+            obs, _ = env.reset()
+            episode_return = 0.0
+            progress.phase("fine-tuning", total_steps, global_step)
+        learning_starts = args.learning_starts if phase == "pretrain" else pretrain_steps + args.finetune_learning_starts
+
+        # COLLECT: the episode's skill (pre-training) or the best one (fine-tuning)
+        if phase == "pretrain" and global_step < args.learning_starts:
+            action = env.action_space.sample().astype(np.float32)  # [A]
+        else:
+            with torch.no_grad():
+                obs_t = skill_observation(torch.as_tensor(obs, device=device)[None], torch.tensor([skill], device=device), K)  # [1, O + K]
+                action, _ = actor.get_action(obs_t, with_log_prob=False)  # [1, 1, A]
+            action = action[0, 0].cpu().numpy()  # host-device sync: the environment lives on the host
+            if not np.isfinite(action).all():  # a NaN reaching the physics engine would crash it, far from the cause
+                stop(NonFinite(f"action not finite at step {global_step}"))
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        episode_actions.append(action)
+        # easy to overlook: only terminations stop the bootstrap; a time-limit truncation (all of DMC) still bootstraps
+        rb.add(obs, action, reward, next_obs, float(terminated), skill)
+        episode_return += float(reward)
+        global_step += 1
+        obs = next_obs
+        if terminated or truncated:
+            writer.add_scalar("charts/episodic_return/agent0", episode_return, global_step)  # the task's, in both phases
+            episode_reset, episode_actions = {"rng": rng_state(env.unwrapped.np_random)}, []
+            obs, _ = env.reset()
+            episode_return = 0.0
+            if phase == "pretrain":
+                skill = int(np.random.randint(K))  # a new z ~ p(z) for each episode (DIAYN, Algorithm 1)
+
+        if global_step >= learning_starts:
+            if learning_start_time is None:
+                learning_start_time, learning_start_step = time.time(), global_step
+                if phase == "pretrain":
+                    progress.phase("skill pre-training", pretrain_steps, global_step)
+            for _ in range(args.utd):
+                sampled = rb.sample(args.batch_size)
+                if phase == "pretrain":
+                    # DISCRIMINATOR: q_phi(z | s') by cross-entropy; its logits before the step give the pseudo-reward
+                    logits = discriminator(sampled.next_obs)  # [B, K]
+                    discriminator_loss = F.cross_entropy(logits, sampled.skills)
+                    discriminator_optimizer.zero_grad(set_to_none=True)
+                    discriminator_loss.backward()
+                    discriminator_optimizer.step()
+                    rewards = pseudo_reward(logits.detach(), sampled.skills)  # [B]
+                else:
+                    rewards = sampled.rewards  # [B]: the task's
+                # the networks see (s, z) and (s', z): z one-hot appended
+                data = Batch(skill_observation(sampled.obs, sampled.skills, K), sampled.actions, rewards,
+                             skill_observation(sampled.next_obs, sampled.skills, K), sampled.terminations, sampled.skills)  # fmt: skip
+
+                # --- shared: sac-update ---
+                # CRITIC: one soft Bellman target per agent, from the min of its twin target critics
+                with torch.no_grad():
+                    next_actions, next_log_pi = actor.get_action(data.next_obs)  # [N, B, A], [N, B]
+                    min_qf_next_target = qf_target(data.next_obs, next_actions).min(1).values  # [N, B]
+                    soft_next_value = min_qf_next_target - alpha[:, None] * next_log_pi  # [N, B]
+                    next_q_value = rewards + args.gamma * (1 - data.terminations) * soft_next_value  # [N, B]
+                qf_values = qf(data.obs, data.actions)  # [N, 2, B]
+                # jaxrl2: mean over twins and batch; summing over agents keeps each agent's gradient its own
+                qf_losses = (qf_values - next_q_value[:, None]).square().mean((1, 2))  # [N]
+                q_optimizer.zero_grad(set_to_none=False)  # zeroes the kept buffers: no fresh 0.5 MB gradients each step
+                qf_losses.sum().backward()
+                clip_grad_norm_per_agent_(qf, args.max_grad_norm)
+                q_optimizer.step()
+                torch._foreach_lerp_(qf_target_params, qf_params, args.tau)
+
+                # ACTOR: jaxrl2 uses the updated critics and the mean (not min) of the twins here
+                qf.requires_grad_(False)  # only dQ/da is needed: skip the critics' weight gradients
+                pi_actions, log_pi = actor.get_action(data.obs)  # [N, B, A], [N, B]
+                qf_pi = qf(data.obs, pi_actions).mean(1)  # [N, B]
+                actor_losses = (alpha[:, None] * log_pi - qf_pi).mean(1)  # [N]
+                # TEMPERATURE: jaxrl2's alpha * (entropy - target), on the actor step's log-probs (no second actor pass)
+                entropy = -log_pi.detach().mean(1)  # [N]
+                alpha_losses = log_alpha.exp() * (entropy - target_entropy)  # [N]
+                actor_optimizer.zero_grad(set_to_none=False)
+                (actor_losses.sum() + alpha_losses.sum()).backward()
+                clip_grad_norm_per_agent_(actor, args.max_grad_norm)  # the actor's gradients; the temperature's is a scalar
+                actor_optimizer.step()  # actor and temperature
+                qf.requires_grad_(True)
+                alpha = log_alpha.detach().exp()
+                # --- end shared ---
+
+        # EVAL (fine-tuning): fresh episodes on separate envs, the best skill's deterministic (mean) action
+        if phase == "finetune" and (global_step >= next_eval or global_step >= total_steps):
+            next_eval += args.eval_every
+            eval_returns.append(float(evaluate(best_skill, eval_envs).mean()))
+            writer.add_scalar("eval/return", eval_returns[-1], global_step)
+            progress.update(global_step, eval_returns[-1])
+
+        # LOG: losses of the last update (the .item() calls sync with the device, hence only every log_every steps)
+        if learning_start_time is not None:
+            sps = (global_step - learning_start_step) / max(time.time() - learning_start_time, 1e-9)
+        if global_step >= learning_starts and global_step >= next_log:  # only while this phase updates (not its warm-up)
+            next_log += args.log_every * ((global_step - next_log) // args.log_every + 1)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            logged = {"losses/qf_loss": qf_losses.mean(), "losses/qf_values": qf_values.mean(),
+                      "losses/actor_loss": actor_losses.mean(), "losses/alpha": alpha.mean(),
+                      "losses/alpha_loss": alpha_losses.mean(), "losses/entropy": entropy.mean()}
+            if phase == "pretrain":
+                logged.update({"losses/discriminator_loss": discriminator_loss, "charts/pseudo_reward_mean": rewards.mean(),
+                               "charts/discriminator_accuracy": (logits.argmax(1) == sampled.skills).float().mean()})
+            logged = {tag: value.item() for tag, value in logged.items()}  # host-device syncs, once per log
+            if not all(map(math.isfinite, logged.values())):
+                stop(NonFinite(f"{', '.join(t for t, v in logged.items() if not math.isfinite(v))} not finite at step {global_step}"))
+            for tag, value in logged.items():
+                writer.add_scalar(tag, value, global_step)
+        progress.update(global_step)
+
+        # CHECKPOINT: atomically (a kill -9 while writing leaves the previous checkpoint whole)
+        if args.checkpoint_every and global_step >= next_checkpoint:
+            next_checkpoint += args.checkpoint_every * ((global_step - next_checkpoint) // args.checkpoint_every + 1)
+            save_file(training_state(), checkpoint_path)
+
+    progress.close()
+    if args.save_model:
+        path = f"runs/{run_name}/{args.exp_name}.pt"
+        save_file(model_state(), path)
+        print(f"model saved to {path}")
+    for e in [env, *eval_envs]:
+        e.close()
+    writer.close()
+
+    eval_return = float(np.mean(eval_returns[-10:]))  # CE Appendix D.1: mean of the last 10 evaluations
+    result = {"eval_return": eval_return, "eval_returns": eval_returns, "global_step": global_step, "run_name": run_name,
+              "best_skill": best_skill, "skill_returns": skill_returns}  # fmt: skip
+    write_json(result, f"runs/{run_name}/result.json")  # the run is finished: --resume no longer picks it
+    print(f"eval_return={eval_return}")
+    return {**result, "sps": sps}
+
+
+if __name__ == "__main__":
+    cli(main, Args)

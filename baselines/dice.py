@@ -1,0 +1,855 @@
+"""DiCE on SAC: a team of SAC agents, each in its own environment, sharing their experience and
+regularised to stay diverse.
+
+The "DiCE" column of Table 1 in "Collaborative Exploration" (CE; section 5.1, Appendix C.1): Peng, Sun
+and Zhou, "Non-local Policy Optimization via Diversity-regularized Collaborative Exploration" (2020),
+section 3, in its off-policy form DiCE-SAC (the authors' dice/dice_sac), on this project's SAC backbone
+(baselines/sac.py with N stacked agents, like ce_sac.py: jaxrl2's settings and CE's Table 5, as the CE
+paper runs every baseline, C.1). Its two parts:
+- Collaborative Exploration: N agents explore in their own environments and every agent learns from
+  all agents' transitions (one shared replay buffer; every agent trains on the same sampled batch);
+- Diversity Regularization: agent i's diversity reward at s is the mean squared distance between its
+  deterministic action and the other agents' (`diversity_reward`, against their delayed target
+  policies); a diversity critic Q_div^i learns its soft value like the task critic does; the actor's
+  task gradient and diversity gradient are fused by the task-novelty bisector (`task_novelty_bisector`):
+  the direction halfway between the two, the length the mean of their projections on it, the diversity
+  one capped at the task one, so diversity can steer but never outweigh the task.
+Agent 0 is evaluated (CE section 5.1: "we always select the first agent for evaluation").
+
+Run:     python baselines/dice.py --env-id cheetah-run
+Expect:  the CE paper reports 868.8 on cheetah-run after 1e6 total env steps (Table 1; SAC 847.3,
+         Replica 869.2); the last printed line is `eval_return=<mean of the last 10 evaluations>`.
+Quick check (about two CPU minutes): python baselines/dice.py --env-id Pendulum-v1 --num-agents 2
+         --total-timesteps 8000 --learning-starts 1000 --eval-every 1000 --eval-episodes 5 --batch-size 64:
+         agent 0's evaluations rise from about -1300 to -1500 to -103, -132, -320 at step 7000 (seeds 1-3), later
+         than SAC's (the diversity regularization keeps pulling the two agents apart).
+
+Decisions where the papers are silent:
+- Why the SAC variant: DiCE has an off-policy implementation with SAC (the authors' DiCE-SAC) besides
+  DiCE-PPO, and the CE paper runs its baselines on its SAC backbone; so this is DiCE-SAC with the
+  backbone's networks and settings (256-256, lr 3e-4, batch 256, learned temperature, clip 20).
+- Sharing: one buffer for all agents, sampled uniformly, the same batch for every agent (DiCE-SAC
+  concatenates B / N rows of every agent's own buffer: the same data in expectation); N vectorized
+  updates per round of N env steps, the CE paper's budget for its agent sets (C.1).
+- Diversity reward (the authors' "mse" diversity): the squared distance per action dimension, averaged
+  over dimensions and over the other agents; agent i's own current deterministic action against the
+  others' target actors (DiCE's "delayed update"), updated by Polyak averaging with the critics' tau.
+  With N = 1 there is no other agent: the reward is 0.
+- The diversity critic is one Q-network per agent (DiCE-SAC's diversity_q_net; no twin), 256-256, with
+  its own Adam and target; its soft backup and the diversity actor loss keep the -alpha log pi term, as
+  DiCE-SAC's do. The bisector's lengths are projections on the bisector (dot products, as the
+  task-novelty bisector of Zhang et al. 2019 defines them); DiCE's code takes the norm of an
+  elementwise product there. The backbone's per-agent gradient-norm clip applies after the fusion
+  (DiCE-SAC clips after it too).
+- Defaults: N = 5 (the DiCE authors' train_dice.py, --num-agents 5). The CE paper gives none for its DiCE column.
+
+Seeding: `--seed` seeds python, numpy, torch, the environments' resets (seed + agent index) and action
+spaces; on CPU two runs with the same seed are identical. What stays nondeterministic: CUDA kernels that
+use atomics (e.g. some backward passes), even with `--torch-deterministic`.
+"""
+
+import glob
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `python baselines/dice.py` finds envs/
+from envs.dmc import make_env  # noqa: E402
+
+SCRIPT = "baselines/dice.py"  # in checkpoints: a checkpoint resumes only in the script that wrote it
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory's name)"""
+    seed: int = 1
+    """seed of python, numpy, torch and the environments"""
+    torch_deterministic: bool = True
+    """sets `torch.backends.cudnn.deterministic`"""
+    cuda: bool = True
+    """train on the GPU when there is one"""
+    torch_threads: int = 1
+    """CPU threads of torch; 1 is fastest for these small networks (measured 2-cores: more threads spin-wait) and keeps runs identical across machines"""
+    save_model: bool = False
+    """save all agents to `runs/{run_name}/{exp_name}.pt` at the end"""
+    checkpoint_every: int = 0
+    """env steps between checkpoints of the whole training state, `runs/{run_name}/checkpoint.pt` (0: none)"""
+    resume: Optional[str] = None
+    """continue an interrupted run bit for bit: `--resume` alone the newest one of this command under runs/, or a run folder or checkpoint"""
+
+    env_id: str = "cheetah-run"
+    """DMC task as `domain-task` (Table 1: the DMC15) or a gymnasium id with continuous actions"""
+    total_timesteps: int = 1_000_000
+    """environment steps of all agents together (CE section 5.1 and C.1: 1e6)"""
+    buffer_size: int = 1_000_000
+    """replay buffer capacity in transitions, shared by all agents (CE Table 5)"""
+    gamma: float = 0.99
+    """discount factor of the task and the diversity critics (CE Table 5)"""
+    tau: float = 0.005
+    """smoothing coefficient of the target critics and of the delayed target actors (jaxrl2; DiCE-SAC's tau)"""
+    batch_size: int = 256
+    """transitions per gradient update, the same batch for every agent (CE Table 5)"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of actors, critics, diversity critics and temperatures (CE Table 5)"""
+    init_temperature: float = 1.0
+    """initial entropy temperature alpha; log(alpha) is learned (jaxrl2)"""
+    target_entropy_scale: float = 0.5
+    """target entropy = -scale * |A| (CE Table 5: -0.5 * |A|)"""
+    max_grad_norm: float = 20.0
+    """gradient-norm clip of actor (after the bisector) and critics, per agent (CE Table 5)"""
+    learning_starts: int = 10_000
+    """environment steps (all agents) with uniform random actions before learning (jaxrl2's start_training)"""
+    utd: int = 1
+    """vectorized updates of all agents per environment step (all agents): N updates per own step (CE C.1)"""
+    eval_every: int = 5000
+    """environment steps (all agents) between evaluations (CE Appendix D.1)"""
+    eval_episodes: int = 10
+    """episodes per evaluation of agent 0, run in lockstep with its deterministic (mean) action"""
+    log_every: int = 1000
+    """environment steps between loss logs (each log is a host-device sync)"""
+
+    # DiCE
+    num_agents: int = 5
+    """N, agents in the team, each with its own environment (the DiCE authors' train_dice.py: --num-agents 5)"""
+
+
+# --- shared: sac-networks ---
+class VectorizedLinear(nn.Module):
+    """`members` independent linear layers in one batched matmul: x [members, B, in] -> [members, B, out].
+
+    Members are agent-major: member m belongs to agent m // ensemble (twin critics: ensemble 2).
+    A layer built with agents=1 is shared by all agents (CE's multihead torso, section 5.8): it
+    takes x [N * ensemble, B, in] and applies its `ensemble` members to every agent's slice.
+    Initialisation as jaxrl2: orthogonal with gain sqrt(2), zero bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, agents: int, ensemble: int = 1):
+        super().__init__()
+        self.agents = agents
+        # Easy to miss on CPU: MKL's batched GEMM is 3-10x slower when the product has only a few
+        # columns (a critic's 1, an actor's 2|A|), unless the weight is stored as [out, in] (nn.Linear's
+        # layout). Wide layers are a little faster as [in, out], so a layer stores the faster of the two.
+        self.narrow = out_features < 32
+        shape = (out_features, in_features) if self.narrow else (in_features, out_features)
+        self.weight = nn.Parameter(torch.empty(agents * ensemble, *shape))
+        self.bias = nn.Parameter(torch.zeros(agents * ensemble, 1, out_features))
+        for w in self.weight:  # one orthogonal matrix per member
+            nn.init.orthogonal_(w, gain=math.sqrt(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.mT if self.narrow else self.weight  # [members, in, out], a view
+        members = weight.shape[0]
+        if x.shape[0] == members:
+            return torch.baddbmm(self.bias, x, weight)
+        groups = x.view(-1, members, *x.shape[1:])  # [N, members, B, in]: a shared layer
+        return (groups @ weight + self.bias).flatten(0, 1)  # [N * members, B, out]
+
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # jaxrl2's NormalTanhPolicy clips (not squashes) log std
+
+
+class Actor(nn.Module):
+    """N tanh-Gaussian policies (jaxrl2's NormalTanhPolicy), MLP 256-256, stacked along agents.
+
+    Actions lie in [-1, 1]^A: envs/dmc.py rescales every env's action box to it (as jaxrl2 does), so
+    the target entropy -0.5 |A| of Table 5 means the same on every task (quadruped's box is not [-1, 1]).
+    """
+
+    def __init__(self, env, num_agents: int, shared_torso: bool = False):
+        super().__init__()
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        torso = 1 if shared_torso else num_agents
+        self.num_agents = num_agents
+        self.fc1 = VectorizedLinear(obs_dim, 256, torso)
+        self.fc2 = VectorizedLinear(256, 256, torso)
+        self.fc_out = VectorizedLinear(256, 2 * act_dim, num_agents)  # mean and log std
+        self.log_prob_offset = -act_dim * (0.5 * math.log(2 * math.pi) + 2 * math.log(2))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs [N, B, O] (agent i sees obs[i]) or [B, O] (all agents see the same) -> mean, log_std [N, B, A]."""
+        if obs.dim() == 2:
+            obs = obs.expand(self.num_agents, *obs.shape)  # [N, B, O], no copy
+        h = F.relu_(self.fc2(F.relu_(self.fc1(obs))))  # in place: a layer's output is not needed for its backward
+        mean, log_std = self.fc_out(h).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def get_action(self, obs: torch.Tensor, with_log_prob: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A reparameterised sample [N, B, A] and its log-density [N, B] (None if not `with_log_prob`)."""
+        mean, log_std = self(obs)
+        noise = torch.randn_like(mean)
+        x = mean + log_std.exp() * noise  # pre-tanh sample
+        action = torch.tanh(x)
+        if not with_log_prob:
+            return action, None
+        # log N(x; mean, std) - log|da/dx|, with the stable log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x));
+        # the constants (log 2pi, log 2) are summed once, in __init__
+        log_prob = (2 * (x + F.softplus(-2 * x)) - log_std).sum(-1) - 0.5 * noise.square().sum(-1)
+        return action, log_prob + self.log_prob_offset
+
+    def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic (mean) action [N, B, A] of evaluation. It draws no random numbers, so
+        evaluating (how often, with which agent) leaves the training run's random stream alone."""
+        return torch.tanh(self(obs)[0])
+
+
+class SoftQNetwork(nn.Module):
+    """N agents' twin critics (jaxrl2's StateActionEnsemble, 2 Qs), MLP 256-256, as one ensemble of 2N members."""
+
+    def __init__(self, env, num_agents: int, shared_torso: bool = False):
+        super().__init__()
+        in_dim = env.observation_space.shape[0] + env.action_space.shape[0]
+        torso = 1 if shared_torso else num_agents
+        self.num_agents = num_agents
+        self.fc1 = VectorizedLinear(in_dim, 256, torso, ensemble=2)
+        self.fc2 = VectorizedLinear(256, 256, torso, ensemble=2)
+        self.fc_out = VectorizedLinear(256, 1, num_agents, ensemble=2)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """obs [N, B, O] or [B, O], actions [N, B, A] or [B, A] -> Q [N, 2, B]."""
+        shape = (self.num_agents, 2, actions.shape[-2])
+        x = torch.cat([obs.unsqueeze(-3).expand(*shape, -1), actions.unsqueeze(-3).expand(*shape, -1)], -1)  # [N, 2, B, O + A]
+        h = F.relu_(self.fc2(F.relu_(self.fc1(x.flatten(0, 1)))))  # [2N, B, 256]
+        return self.fc_out(h).view(shape)
+
+
+@torch.no_grad()
+def clip_grad_norm_per_agent_(net: nn.Module, max_norm: float) -> torch.Tensor:
+    """Table 5's gradient-norm clip, for each agent on its own: agent i's norm runs over its slices
+    of every stacked parameter, and only its slices are scaled. One batched reduction per
+    parameter, no loop over agents. Layers shared by all agents (multihead) count in every
+    agent's norm and take the smallest agent's scale. Returns the norms [N] before clipping."""
+    layers = [m for m in net.modules() if isinstance(m, VectorizedLinear)]
+    num_agents = max(layer.agents for layer in layers)
+    grads = [(layer.agents, g.view(layer.agents, -1)) for layer in layers for g in (layer.weight.grad, layer.bias.grad)]
+    per_param = torch.stack([torch.linalg.vector_norm(g, dim=1).expand(num_agents) for _, g in grads])  # [P, N]
+    norms = torch.linalg.vector_norm(per_param, dim=0)  # [N]; a shared layer's norm counts for every agent
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)[:, None]  # [N, 1]
+    shared_scale = scale.min(0, keepdim=True).values  # [1, 1]
+    torch._foreach_mul_([g for _, g in grads], [scale if a == num_agents else shared_scale for a, _ in grads])
+    return norms
+# --- end shared ---
+
+
+class DiversityCritic(nn.Module):
+    """N agents' diversity critics Q_div^i(s, a) (DiCE-SAC's diversity_q_net, no twin), MLP 256-256."""
+
+    def __init__(self, env, num_agents: int):
+        super().__init__()
+        in_dim = env.observation_space.shape[0] + env.action_space.shape[0]
+        self.num_agents = num_agents
+        self.fc1 = VectorizedLinear(in_dim, 256, num_agents)
+        self.fc2 = VectorizedLinear(256, 256, num_agents)
+        self.fc_out = VectorizedLinear(256, 1, num_agents)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """obs [B, O], actions [N, B, A] or [B, A] (the same for every agent) -> Q_div [N, B]."""
+        shape = (self.num_agents, obs.shape[0])
+        x = torch.cat([obs.expand(*shape, -1), actions.expand(*shape, -1)], -1)  # [N, B, O + A]
+        return self.fc_out(F.relu_(self.fc2(F.relu_(self.fc1(x)))))[..., 0]
+
+
+# --- shared: replay-buffer ---
+class Batch(NamedTuple):
+    obs: torch.Tensor  # [B, O]
+    actions: torch.Tensor  # [B, A]
+    rewards: torch.Tensor  # [B]
+    next_obs: torch.Tensor  # [B, O]
+    terminations: torch.Tensor  # [B]
+
+
+class ReplayBuffer:
+    """All agents' transitions on the training device, written in rounds of N (one step of every agent).
+
+    Row f = round * N + agent (a ring over rounds): agent i's next step sits N rows further on.
+    """
+
+    def __init__(self, capacity_rounds: int, num_agents: int, obs_dim: int, act_dim: int, device: torch.device):
+        size = capacity_rounds * num_agents
+        self.capacity_rounds, self.num_agents, self.device = capacity_rounds, num_agents, device
+        self.obs = torch.zeros(size, obs_dim, device=device)
+        self.next_obs = torch.zeros(size, obs_dim, device=device)
+        self.actions = torch.zeros(size, act_dim, device=device)
+        self.rewards = torch.zeros(size, device=device)
+        self.terminations = torch.zeros(size, device=device)
+        self.rounds_added = 0
+
+    def add(self, obs, actions, rewards, next_obs, terminations):
+        """One round: each argument [N, ...] (numpy), row i from agent i."""
+        start = (self.rounds_added % self.capacity_rounds) * self.num_agents
+        for field, value in zip(
+            (self.obs, self.actions, self.rewards, self.next_obs, self.terminations),
+            (obs, actions, rewards, next_obs, terminations),
+        ):
+            field[start : start + self.num_agents] = torch.as_tensor(value, dtype=field.dtype, device=self.device)
+        self.rounds_added += 1
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, Batch]:
+        """Uniform over all stored transitions; indices drawn on the buffer's device (no host sync)."""
+        filled = min(self.rounds_added, self.capacity_rounds) * self.num_agents
+        idx = torch.randint(filled, (batch_size,), device=self.device)  # [B]
+        return idx, Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminations[idx])
+
+    def state_dict(self) -> dict:
+        """The filled rows of every field (cloned: a slice would save the whole storage) and the write counter."""
+        filled = min(self.rounds_added, self.capacity_rounds) * self.num_agents
+        fields = {name: value[:filled].clone() for name, value in vars(self).items() if isinstance(value, torch.Tensor)}
+        return {"rounds_added": self.rounds_added, **fields}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rounds_added = state["rounds_added"]
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                value[: len(state[name])] = state[name]
+# --- end shared ---
+
+
+def diversity_reward(own_actions: torch.Tensor, others_actions: torch.Tensor) -> torch.Tensor:
+    """DiCE's diversity of agent i at s (section 3, Diversity Regularization; the authors' "mse" diversity): [N, B, A], [N, B, A] -> [N, B].
+
+    r_div^i(s) = 1/(N-1) sum_{j != i} 1/A ||a^i(s) - a_bar^j(s)||^2, with a^i = own_actions[i] agent i's
+    deterministic action and a_bar^j = others_actions[j] the deterministic action of agent j's delayed
+    (target) policy. With N = 1 there is no other agent and the reward is 0.
+    """
+    N, B, _ = own_actions.shape
+    if N == 1:
+        return own_actions.new_zeros(1, B)
+    sq_dist = (own_actions[:, None] - others_actions[None, :]).square().mean(-1)  # [N_i, N_j, B]
+    is_other = ~torch.eye(N, dtype=torch.bool, device=own_actions.device)  # [N_i, N_j]
+    return (sq_dist * is_other[:, :, None]).sum(1) / (N - 1)  # [N, B]
+
+
+def task_novelty_bisector(task_grad: torch.Tensor, diversity_grad: torch.Tensor) -> torch.Tensor:
+    """DiCE's Diversity Regularization update (section 3; the task-novelty bisector of Zhang et al. 2019):
+    per agent, task_grad [N, P] and diversity_grad [N, P] (flattened actor gradients) -> fused [N, P].
+
+    Direction: the bisector u = (g_t/|g_t| + g_d/|g_d|) / |...| of the two gradients. Length: the mean
+    of their projections on u, g_t . u and g_d . u, the diversity one capped at the task one (DiCE's
+    clip_diversity_gradient), so that diversity can turn the update but never outweigh the task:
+    fused = u * (g_t . u + min(g_d . u, g_t . u)) / 2. Opposite gradients have no bisector: 0.
+    """
+    bisector = F.normalize(F.normalize(task_grad, dim=-1) + F.normalize(diversity_grad, dim=-1), dim=-1)  # [N, P]
+    task_length = (task_grad * bisector).sum(-1, keepdim=True)  # [N, 1]
+    diversity_length = torch.minimum((diversity_grad * bisector).sum(-1, keepdim=True), task_length)  # [N, 1]
+    return bisector * (task_length + diversity_length) / 2
+
+
+# --- shared: cli ---
+# What every script promises on the command line (README, "Exit codes"): bad input is one line on
+# stderr and exit 2 (as tyro's own parse errors), a NaN or infinity in training one line and exit 3,
+# Ctrl-C one line and exit 130; a traceback means a bug.
+EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class BadInput(ValueError):
+    """An impossible setting or an unusable file, as one line: `--flag VALUE: what is valid`."""
+
+
+class NonFinite(RuntimeError):
+    """A NaN or an infinity in training (a loss, a Q-value, an action), named with its step."""
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C: the run stopped between two steps."""
+
+
+def check_range(args, names, low=-math.inf, high=math.inf, *, low_open=False, high_open=False, kind="number"):
+    """BadInput unless every field of `args` in `names` is a finite number in the interval (ends
+    included unless open); `kind="integer"` also refuses a non-integer."""
+    for name in names:
+        value = getattr(args, name)
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (math.isfinite(value) and above and below and (kind != "integer" or float(value).is_integer())):
+            bounds = [f"{op} {int(end) if float(end).is_integer() else end}" for op, end, used in (
+                (">" if low_open else ">=", low, low > -math.inf), ("<" if high_open else "<=", high, high < math.inf)) if used]
+            valid = f"must be {'an integer' if kind == 'integer' else 'a finite number'} {' and '.join(bounds)}".rstrip()
+            raise BadInput(f"--{name.replace('_', '-')} {value}: {valid}")
+
+
+def save_file(obj, path: str) -> None:
+    """torch.save, atomically: a file interrupted while being written never replaces a good one."""
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_file(path: str, flag: str, what: str):
+    """torch.load of a file a user names, with weights_only=True (tensors and plain containers,
+    never code); BadInput if it is missing, empty, truncated, corrupt or not a torch file."""
+    if not os.path.isfile(path):
+        raise BadInput(f"{flag} {path}: no such file; expected {what}")
+    try:
+        with warnings.catch_warnings():  # torch warns about a raw pickle's protocol before refusing it: one line is ours
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError, EOFError, RuntimeError (zip), ...: all the same to the user
+        raise BadInput(f"{flag} {path}: not a readable torch file ({type(error).__name__}); expected {what}") from None
+
+
+class Progress:
+    """Phase, steps, steps per second, time left and the last evaluation: a tqdm bar when stdout is
+    a terminal, a plain line every `every` seconds otherwise (log files, pipes, clusters)."""
+
+    def __init__(self, every: float = 30.0):
+        self.every, self.bar, self.last_eval = every, None, "-"
+        self.interactive = sys.stdout.isatty()
+
+    def phase(self, name: str, total: int, start: int = 0) -> None:
+        """Begin a phase counting steps from `start` to `total` (the rate is measured within it)."""
+        self.close()
+        self.name, self.total, self.step, self.last_eval = name, total, start, "-"
+        self.last_step, self.last_time, self.sps = start, time.time(), 0.0
+        if self.interactive:
+            self.bar = tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True, file=sys.stdout)
+
+    def update(self, step: int, eval_return: float | None = None) -> None:
+        if eval_return is not None:
+            self.last_eval = f"{eval_return:.4g}"
+        if self.bar is not None:
+            self.bar.update(step - self.step)
+            self.bar.set_postfix_str(f"eval_return={self.last_eval}", refresh=False)
+        elif time.time() - self.last_time >= self.every or eval_return is not None:
+            now = time.time()
+            if now - self.last_time >= 1.0:  # the rate over the last line's interval (not over an instant)
+                self.sps = (step - self.last_step) / (now - self.last_time)
+                self.last_step, self.last_time = step, now
+            left = (self.total - step) / self.sps if self.sps > 0 else math.inf
+            eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 * 365 else "?"
+            print(f"{self.name}: step {step}/{self.total} ({100 * step / self.total:.0f}%), {self.sps:.1f} steps/s, "
+                  f"{eta} left, eval_return {self.last_eval}", flush=True)
+        self.step = step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+STOP_REQUESTED = [False]  # set by the first Ctrl-C under `cli`; the training loop stops at its next step
+
+
+def cli(main, args_type) -> None:
+    """`main(tyro.cli(args_type))` with the exit codes above: bad input, a non-finite value and
+    Ctrl-C end in one line on stderr, never a traceback. The first Ctrl-C asks the loop to stop
+    at its next step (it checkpoints when checkpointing is on); a second stops at once."""
+
+    def request_stop(signum, frame):
+        STOP_REQUESTED[0] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: KeyboardInterrupt at once
+
+    argv = sys.argv[1:]
+    if "--resume" in argv[-1:] or any(a == "--resume" and b.startswith("--") for a, b in zip(argv, argv[1:])):
+        argv.insert(argv.index("--resume") + 1, "latest")  # `--resume` alone: the newest interrupted run of this command
+    args = tyro.cli(args_type, args=argv)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        main(args)
+        return
+    except BadInput as error:
+        message, code = f"error: {error}", EXIT_BAD_INPUT
+    except NonFinite as error:
+        message, code = f"error: {error}", EXIT_NON_FINITE
+    except (Interrupted, KeyboardInterrupt) as error:
+        message, code = f"interrupted: {error or 'stopped at once (second Ctrl-C)'}", EXIT_INTERRUPTED
+    print(message, file=sys.stderr)
+    sys.exit(code)
+# --- end shared ---
+
+
+# --- shared: checkpoint ---
+# Exact resume (--checkpoint-every, --resume): a checkpoint holds every tensor, counter and random generator that
+# decides what happens next. Environments are not pickled (loading a file must never run code): each one is
+# rebuilt from the state of its generator just before its last reset, and the actions of its episode so far.
+NOT_COMPARED_ON_RESUME = ("resume", "checkpoint_every", "torch_threads", "cuda", "save_model")  # may change between tries
+
+
+def rng_state(rng) -> dict:
+    """The state of a numpy RandomState (dm_control's) or Generator (gymnasium's) as plain values and tensors."""
+    if isinstance(rng, np.random.RandomState):
+        state = rng.get_state(legacy=False)
+        return {**state, "state": {"key": torch.from_numpy(state["state"]["key"].astype(np.int64)), "pos": state["state"]["pos"]}}
+    return rng.bit_generator.state
+
+
+def set_rng_state(rng, state: dict) -> None:
+    if isinstance(rng, np.random.RandomState):
+        rng.set_state({**state, "state": {"key": state["state"]["key"].numpy().astype(np.uint32), "pos": state["state"]["pos"]}})
+    else:
+        rng.bit_generator.state = state
+
+
+def global_rng_states() -> dict:
+    """Python's, numpy's and torch's global generators (CPU and every GPU)."""
+    return {"python": random.getstate(), "numpy": rng_state(np.random.mtrand._rand), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_global_rng_states(state: dict) -> None:
+    random.setstate(state["python"])
+    set_rng_state(np.random.mtrand._rand, state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def replay_episode(env, reset: dict, actions: list) -> np.ndarray:
+    """Rebuild an environment mid-episode: reset it as its episode began (`reset` holds the reset's seed, or the
+    state of its generator just before an unseeded reset), take the episode's actions again, return the observation.
+    MuJoCo and gymnasium's classic-control tasks are deterministic given these."""
+    if "seed" in reset:
+        obs, _ = env.reset(seed=reset["seed"])
+    else:
+        set_rng_state(env.unwrapped.np_random, reset["rng"])
+        obs, _ = env.reset()
+    for action in actions:
+        obs = env.step(action)[0]
+    return obs
+
+
+def settings_of(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in NOT_COMPARED_ON_RESUME}
+
+
+def find_checkpoint(args, script: str) -> str:
+    """The checkpoint that `--resume` names: a file, a run folder, or (`--resume` alone) the newest unfinished
+    run of this command (same script, env, seed and settings) under runs/. BadInput if there is none."""
+    if args.resume != "latest":
+        path = os.path.join(args.resume, "checkpoint.pt") if os.path.isdir(args.resume) else args.resume
+        if not os.path.isfile(path):
+            raise BadInput(f"--resume {args.resume}: no checkpoint there; expected a run folder or its checkpoint.pt")
+        return path
+    candidates = []
+    for folder in glob.glob(f"runs/{args.env_id}__{args.exp_name}__{args.seed}__*"):
+        try:
+            with open(os.path.join(folder, "settings.json")) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if (saved.get("script") == script and saved.get("settings") == settings_of(args)
+                and os.path.isfile(os.path.join(folder, "checkpoint.pt"))
+                and not os.path.exists(os.path.join(folder, "result.json"))):
+            candidates.append(os.path.join(folder, "checkpoint.pt"))
+    if not candidates:
+        raise BadInput(f"--resume: no interrupted run of this command under runs/{args.env_id}__{args.exp_name}__"
+                       f"{args.seed}__*/ (same settings, a checkpoint.pt, no result.json); start it without --resume")
+    return max(candidates, key=os.path.getmtime)
+
+
+def load_checkpoint(args, script: str) -> dict:
+    """The checkpoint `--resume` names, checked to be this script's, resumable, and of the same settings."""
+    path = find_checkpoint(args, script)
+    state = load_file(path, "--resume", f"a checkpoint.pt written by {script}")
+    if not isinstance(state, dict) or state.get("script") != script or "settings" not in state:
+        raise BadInput(f"--resume {path}: not a checkpoint of {script}")
+    if not state.get("resumable", False):
+        raise BadInput(f"--resume {path}: written when a non-finite value stopped the run; it is for inspection only")
+    changed = sorted(k for k in state["settings"].keys() | settings_of(args).keys()
+                     if state["settings"].get(k) != settings_of(args).get(k))
+    if changed:
+        was = " ".join(f"--{k.replace('_', '-')} {state['settings'].get(k)}" for k in changed)
+        raise BadInput(f"--resume {path}: the run was started with {was}; resume it with the same settings")
+    return state
+
+
+def write_json(obj: dict, path: str) -> None:
+    """json.dump, atomically."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+# --- end shared ---
+
+
+def validate(args: Args) -> None:
+    """BadInput (one line) for the first impossible setting, or one that would make the run meaningless."""
+    check_range(args, ("seed",), 0, 2**31 - 1, kind="integer")
+    check_range(args, ("torch_threads", "total_timesteps", "buffer_size", "batch_size", "utd", "eval_every",
+                       "eval_episodes", "log_every", "num_agents"), 1, kind="integer")  # fmt: skip
+    check_range(args, ("learning_starts", "checkpoint_every"), 0, kind="integer")
+    if args.learning_starts >= args.total_timesteps:  # the run would end untrained and report that as its score
+        raise BadInput(f"--learning-starts {args.learning_starts}: no learning step before the end; must be < --total-timesteps {args.total_timesteps}")
+    check_range(args, ("gamma",), 0, 1)
+    check_range(args, ("tau",), 0, 1, low_open=True)
+    check_range(args, ("learning_rate", "init_temperature", "max_grad_norm"), 0, low_open=True)
+    check_range(args, ("target_entropy_scale",))
+    if args.buffer_size < args.num_agents:
+        raise BadInput(f"--buffer-size {args.buffer_size}: must hold one round of all agents, >= --num-agents {args.num_agents}")
+    try:
+        make_env(args.env_id, args.seed).close()
+    except ValueError as error:  # the valid ids are in the message
+        raise BadInput(f"--env-id {args.env_id}: {error}") from None
+
+
+def main(args: Args) -> dict:
+    validate(args)
+    torch.set_num_threads(args.torch_threads)  # before any torch work (see --torch-threads)
+    N = args.num_agents
+    resume = load_checkpoint(args, SCRIPT) if args.resume else None  # BadInput for a missing or mismatched one
+    run_name = resume["run_name"] if resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    # a resumed run drops what the interrupted one logged after its checkpoint, and logs it again
+    writer = SummaryWriter(f"runs/{run_name}", purge_step=resume["loop"]["global_step"] + 1 if resume else None)
+    write_json({"script": SCRIPT, "settings": settings_of(args)}, f"runs/{run_name}/settings.json")
+    writer.add_text(
+        "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+    )
+
+    # SEEDING
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # ENVIRONMENTS: agent i's env is seeded with seed + i (reset and action space, in make_env)
+    envs = [make_env(args.env_id, args.seed + i) for i in range(N)]
+    eval_envs = [make_env(args.env_id, args.seed + 10_000 + j) for j in range(args.eval_episodes)]
+    obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
+
+    actor = Actor(envs[0], N).to(device)
+    qf = SoftQNetwork(envs[0], N).to(device)
+    qf_target = SoftQNetwork(envs[0], N).to(device)
+    qf_target.load_state_dict(qf.state_dict())
+    qf_target.requires_grad_(False)  # moved only by the soft update
+    qf_params, qf_target_params = list(qf.parameters()), list(qf_target.parameters())
+    q_optimizer = torch.optim.Adam(qf_params, lr=args.learning_rate, fused=True)
+    log_alpha = torch.full((N,), math.log(args.init_temperature), device=device, requires_grad=True)
+    alpha = log_alpha.detach().exp()  # [N]
+    actor_params = list(actor.parameters())
+    actor_optimizer = torch.optim.Adam([*actor_params, log_alpha], lr=args.learning_rate, fused=True)
+    target_entropy = -args.target_entropy_scale * act_dim
+    # DiCE: the delayed policies the others' diversity is measured against, and the diversity critics
+    actor_target = Actor(envs[0], N).to(device)
+    actor_target.load_state_dict(actor.state_dict())
+    actor_target.requires_grad_(False)
+    actor_target_params = list(actor_target.parameters())
+    diversity_qf = DiversityCritic(envs[0], N).to(device)
+    diversity_qf_target = DiversityCritic(envs[0], N).to(device)
+    diversity_qf_target.load_state_dict(diversity_qf.state_dict())
+    diversity_qf_target.requires_grad_(False)
+    diversity_qf_params, diversity_qf_target_params = list(diversity_qf.parameters()), list(diversity_qf_target.parameters())
+    diversity_optimizer = torch.optim.Adam(diversity_qf_params, lr=args.learning_rate, fused=True)
+
+    rb = ReplayBuffer(args.buffer_size // N, N, obs_dim, act_dim, device)
+
+    episode_resets = [{"seed": args.seed + i} for i in range(N)]  # how each env's episode began, and its actions
+    obs = np.stack([env.reset(seed=args.seed + i)[0] for i, env in enumerate(envs)])  # [N, O]
+    episode_actions: list[list[np.ndarray]] = [[] for _ in range(N)]  # since: what a resumed run replays
+    episode_returns = np.zeros(N)
+    eval_returns: list[float] = []
+    global_step, next_eval, next_log, next_checkpoint = 0, args.eval_every, args.log_every, args.checkpoint_every
+    stateful = {"actor": actor, "qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer,
+                "actor_target": actor_target, "diversity_qf": diversity_qf, "diversity_qf_target": diversity_qf_target,
+                "diversity_optimizer": diversity_optimizer}  # fmt: skip
+    checkpoint_path = f"runs/{run_name}/checkpoint.pt"
+
+    def model_state() -> dict:
+        """Every network, optimizer and temperature: `--save-model`."""
+        return {"global_step": global_step, "log_alpha": log_alpha.detach(),
+                **{name: m.state_dict() for name, m in stateful.items()}}
+
+    def training_state(resumable: bool = True) -> dict:
+        """Everything that decides the rest of the run: a checkpoint for --resume (or, at a non-finite stop, for inspection)."""
+        return {"script": SCRIPT, "settings": settings_of(args), "run_name": run_name, "resumable": resumable,
+                **model_state(), "buffer": rb.state_dict(), "rng": global_rng_states(),
+                "action_spaces": [rng_state(env.action_space.np_random) for env in envs],
+                "eval_envs": [rng_state(env.unwrapped.np_random) for env in eval_envs],
+                "loop": {"global_step": global_step, "next_eval": next_eval, "next_log": next_log,
+                         "next_checkpoint": next_checkpoint, "eval_returns": eval_returns,
+                         "episode_returns": torch.from_numpy(episode_returns), "obs": torch.from_numpy(obs),
+                         "episode_resets": episode_resets,
+                         "episode_actions": [torch.from_numpy(np.asarray(a, np.float32).reshape(-1, act_dim)) for a in episode_actions]}}
+
+    def stop(error: Exception):
+        """End the run between two steps (Ctrl-C, or a non-finite value): a checkpoint, the logs closed."""
+        save_file(training_state(resumable=isinstance(error, Interrupted)), checkpoint_path)
+        progress.close()
+        writer.close()
+        raise type(error)(f"{error}; checkpoint in {checkpoint_path}")
+
+    if resume:  # RESUME: everything built above is overwritten with the checkpoint's state
+        for name, module in stateful.items():
+            module.load_state_dict(resume[name])
+        with torch.no_grad():
+            log_alpha.copy_(resume["log_alpha"])
+        alpha = log_alpha.detach().exp()
+        rb.load_state_dict(resume["buffer"])
+        set_global_rng_states(resume["rng"])
+        for env, saved in zip(envs, resume["action_spaces"]):
+            set_rng_state(env.action_space.np_random, saved)
+        for env, saved in zip(eval_envs, resume["eval_envs"]):
+            set_rng_state(env.unwrapped.np_random, saved)
+        loop = resume["loop"]
+        global_step, next_eval, next_log, next_checkpoint = (loop[k] for k in ("global_step", "next_eval", "next_log", "next_checkpoint"))
+        eval_returns, episode_returns, episode_resets = loop["eval_returns"], loop["episode_returns"].numpy(), loop["episode_resets"]
+        episode_actions = [list(a.numpy()) for a in loop["episode_actions"]]
+        obs = np.stack([replay_episode(env, reset, a) for env, reset, a in zip(envs, episode_resets, episode_actions)])
+        if not np.array_equal(obs, loop["obs"].numpy()):
+            raise BadInput(f"--resume {args.resume}: the environments did not replay to their saved state (nondeterministic env?)")
+    learning_start_time, sps = None, 0.0
+    progress = Progress()
+    progress.phase("warm-up", args.learning_starts, global_step)
+
+    while global_step < args.total_timesteps:
+        if STOP_REQUESTED[0]:
+            stop(Interrupted(f"at step {global_step}"))
+        # COLLECT: one step of every agent in its own environment (Collaborative Exploration: the data is shared below)
+        if global_step < args.learning_starts:
+            actions = np.stack([env.action_space.sample() for env in envs]).astype(np.float32)  # [N, A]
+        else:
+            with torch.no_grad():
+                obs_t = torch.as_tensor(obs, device=device)  # [N, O]
+                actions, _ = actor.get_action(obs_t[:, None], with_log_prob=False)  # [N, 1, A]
+                actions = actions[:, 0]  # [N, A]
+            actions = actions.cpu().numpy()  # host-device sync: the environments live on the host
+            if not np.isfinite(actions).all():  # a NaN reaching the physics engine would crash it, far from the cause
+                stop(NonFinite(f"actions of agents {np.flatnonzero(~np.isfinite(actions).all(1)).tolist()} not finite at step {global_step}"))
+        next_obs, rewards = np.empty_like(obs), np.empty(N, np.float32)
+        terminations, dones = np.zeros(N, np.float32), np.zeros(N, bool)
+        for i, env in enumerate(envs):
+            next_obs[i], rewards[i], terminated, truncated, _ = env.step(actions[i])
+            terminations[i], dones[i] = terminated, terminated or truncated
+            episode_actions[i].append(actions[i])
+        # easy to overlook: only terminations stop the bootstrap; a time-limit truncation (all of DMC) still bootstraps
+        rb.add(obs, actions, rewards, next_obs, terminations)
+        episode_returns += rewards
+        global_step += N
+        obs = next_obs.copy()
+        for i in np.flatnonzero(dones):
+            writer.add_scalar(f"charts/episodic_return/agent{i}", episode_returns[i], global_step)
+            episode_resets[i], episode_actions[i] = {"rng": rng_state(envs[i].unwrapped.np_random)}, []
+            obs[i], _ = envs[i].reset()
+            episode_returns[i] = 0.0
+
+        if global_step >= args.learning_starts:
+            if learning_start_time is None:
+                learning_start_time, learning_start_step = time.time(), global_step
+                progress.phase("learning", args.total_timesteps, global_step)
+            for _ in range(args.utd * N):
+                _, data = rb.sample(args.batch_size)  # every agent learns from every agent's data (Collaborative Exploration)
+
+                with torch.no_grad():
+                    # DIVERSITY REWARD: agent i's deterministic action at s against the others' delayed policies
+                    diversity = diversity_reward(actor.mean_action(data.obs), actor_target.mean_action(data.obs))  # [N, B]
+                    next_actions, next_log_pi = actor.get_action(data.next_obs)  # [N, B, A], [N, B]
+                    # CRITIC targets: the task's, as the backbone (min of the twins), and the diversity's (one critic)
+                    min_qf_next_target = qf_target(data.next_obs, next_actions).min(1).values  # [N, B]
+                    soft_next_value = min_qf_next_target - alpha[:, None] * next_log_pi  # [N, B]
+                    next_q_value = data.rewards + args.gamma * (1 - data.terminations) * soft_next_value  # [N, B]
+                    diversity_next_value = diversity_qf_target(data.next_obs, next_actions) - alpha[:, None] * next_log_pi  # [N, B]
+                    next_diversity_q = diversity + args.gamma * (1 - data.terminations) * diversity_next_value  # [N, B]
+                # CRITIC: jaxrl2's mean over twins and batch; summing over agents keeps each agent's gradient its own
+                qf_values = qf(data.obs, data.actions)  # [N, 2, B]
+                qf_losses = (qf_values - next_q_value[:, None]).square().mean((1, 2))  # [N]
+                q_optimizer.zero_grad(set_to_none=False)
+                qf_losses.sum().backward()
+                clip_grad_norm_per_agent_(qf, args.max_grad_norm)
+                q_optimizer.step()
+                torch._foreach_lerp_(qf_target_params, qf_params, args.tau)
+                # DIVERSITY CRITIC: the same soft backup on the diversity reward
+                diversity_q_values = diversity_qf(data.obs, data.actions)  # [N, B]
+                diversity_qf_losses = (diversity_q_values - next_diversity_q).square().mean(1)  # [N]
+                diversity_optimizer.zero_grad(set_to_none=False)
+                diversity_qf_losses.sum().backward()
+                clip_grad_norm_per_agent_(diversity_qf, args.max_grad_norm)
+                diversity_optimizer.step()
+                torch._foreach_lerp_(diversity_qf_target_params, diversity_qf_params, args.tau)
+
+                # ACTOR: a task gradient and a diversity gradient, fused by the bisector (Diversity Regularization)
+                qf.requires_grad_(False)  # only dQ/da is needed: skip the critics' weight gradients
+                diversity_qf.requires_grad_(False)
+                pi_actions, log_pi = actor.get_action(data.obs)  # [N, B, A], [N, B]
+                qf_pi = qf(data.obs, pi_actions).mean(1)  # [N, B]: jaxrl2 uses the mean of the twins here
+                actor_losses = (alpha[:, None] * log_pi - qf_pi).mean(1)  # [N]
+                diversity_actor_losses = (alpha[:, None] * log_pi - diversity_qf(data.obs, pi_actions)).mean(1)  # [N]
+                task_grads = torch.autograd.grad(actor_losses.sum(), actor_params, retain_graph=True)
+                diversity_grads = torch.autograd.grad(diversity_actor_losses.sum(), actor_params)
+                flat = [torch.cat([g.reshape(N, -1) for g in grads], 1) for grads in (task_grads, diversity_grads)]  # 2 x [N, P]
+                fused = task_novelty_bisector(*flat).split([p[0].numel() for p in actor_params], 1)  # [N, P_k] per parameter
+                # TEMPERATURE: jaxrl2's alpha * (entropy - target), on the actor step's log-probs (no second actor pass)
+                entropy = -log_pi.detach().mean(1)  # [N]
+                alpha_losses = log_alpha.exp() * (entropy - target_entropy)  # [N]
+                actor_optimizer.zero_grad(set_to_none=False)
+                alpha_losses.sum().backward()  # the temperature's gradient; the actor's is the fused one
+                for p, g in zip(actor_params, fused):
+                    p.grad = g.reshape(p.shape)  # a copy: the split is not contiguous
+                clip_grad_norm_per_agent_(actor, args.max_grad_norm)
+                actor_optimizer.step()  # actor and temperature
+                qf.requires_grad_(True)
+                diversity_qf.requires_grad_(True)
+                alpha = log_alpha.detach().exp()
+                torch._foreach_lerp_(actor_target_params, actor_params, args.tau)  # DiCE's delayed policies
+
+        # EVAL: fresh episodes on separate envs, agent 0's deterministic (mean) action, all episodes in lockstep
+        if global_step >= next_eval or global_step >= args.total_timesteps:
+            next_eval += args.eval_every
+            eval_obs = np.stack([env.reset()[0] for env in eval_envs])  # [E, O]
+            returns, running = np.zeros(len(eval_envs)), np.ones(len(eval_envs), bool)
+            while running.any():
+                with torch.no_grad():
+                    mean_actions = actor.mean_action(torch.as_tensor(eval_obs, device=device))  # [N, E, A]
+                    eval_actions = mean_actions[0].cpu().numpy()  # [E, A]: agent 0
+                for j in np.flatnonzero(running):
+                    eval_obs[j], r, terminated, truncated, _ = eval_envs[j].step(eval_actions[j])
+                    returns[j] += r
+                    running[j] = not (terminated or truncated)
+            eval_returns.append(float(returns.mean()))
+            writer.add_scalar("eval/return", eval_returns[-1], global_step)
+            progress.update(global_step, eval_returns[-1])
+
+        # LOG: losses of the last update (the .item() calls sync with the device, hence only every log_every steps)
+        if learning_start_time is not None:
+            sps = (global_step - learning_start_step) / max(time.time() - learning_start_time, 1e-9)
+        if learning_start_time is not None and global_step >= next_log:
+            next_log += args.log_every
+            writer.add_scalar("charts/SPS", sps, global_step)
+            cosine = F.cosine_similarity(*flat, dim=1)  # [N]: how far apart the task and diversity gradients point
+            logged = {"losses/qf_loss": qf_losses.mean(), "losses/qf_values": qf_values.mean(),
+                      "losses/actor_loss": actor_losses.mean(), "losses/alpha": alpha.mean(),
+                      "losses/alpha_loss": alpha_losses.mean(), "losses/entropy": entropy.mean(),
+                      "losses/diversity_qf_loss": diversity_qf_losses.mean(), "losses/diversity_qf_values": diversity_q_values.mean(),
+                      "losses/diversity_actor_loss": diversity_actor_losses.mean(),
+                      "charts/diversity_reward_mean": diversity.mean(), "charts/gradient_cosine": cosine.mean()}
+            logged = {tag: value.item() for tag, value in logged.items()}  # host-device syncs, once per log
+            if not all(map(math.isfinite, logged.values())):
+                stop(NonFinite(f"{', '.join(t for t, v in logged.items() if not math.isfinite(v))} not finite at step {global_step}"))
+            for tag, value in logged.items():
+                writer.add_scalar(tag, value, global_step)
+        progress.update(global_step)
+
+        # CHECKPOINT: atomically (a kill -9 while writing leaves the previous checkpoint whole)
+        if args.checkpoint_every and global_step >= next_checkpoint:
+            next_checkpoint += args.checkpoint_every * ((global_step - next_checkpoint) // args.checkpoint_every + 1)
+            save_file(training_state(), checkpoint_path)
+
+    progress.close()
+    if args.save_model:
+        path = f"runs/{run_name}/{args.exp_name}.pt"
+        save_file(model_state(), path)
+        print(f"model saved to {path}")
+    for env in envs + eval_envs:
+        env.close()
+    writer.close()
+
+    eval_return = float(np.mean(eval_returns[-10:]))  # CE Appendix D.1: mean of the last 10 evaluations
+    result = {"eval_return": eval_return, "eval_returns": eval_returns, "global_step": global_step, "run_name": run_name}
+    write_json(result, f"runs/{run_name}/result.json")  # the run is finished: --resume no longer picks it
+    print(f"eval_return={eval_return}")
+    return {**result, "sps": sps}
+
+
+if __name__ == "__main__":
+    cli(main, Args)
