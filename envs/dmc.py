@@ -191,6 +191,8 @@ def make_pixel_env(env_id: str, seed: int, image_size: int = 64, frame_stack: in
         env = gym.make(f"dm_control/{env_id}-v0", render_mode="rgb_array",
                        render_kwargs={"height": image_size, "width": image_size, "camera_id": camera_id})
         time_limit = env.unwrapped._env._step_limit  # dm_control's time limit in env steps (1000 on the suite)
+        visual = env.unwrapped._env.physics.model.vis.global_  # the offscreen buffer (640x480 on most tasks) must hold
+        visual.offwidth, visual.offheight = max(visual.offwidth, image_size), max(visual.offheight, image_size)  # the image
         env = gym.wrappers.RescaleAction(env, -1.0, 1.0)  # as make_env: the policy's tanh box on every task
     env = PixelObservation(env, action_repeat, frame_stack, time_limit)
     env.reset(seed=seed)
