@@ -340,6 +340,7 @@ class ReplayBuffer:
         return rows, valid
 
 
+# --- shared: knn-novelty ---
 def knn_cosine_similarity(query: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
     """f^KNN of Eq. 2: query [B, D], keys [N, M, D] -> [B, N], the mean of the k largest cosine
     similarities between each query and agent n's keys.
@@ -365,7 +366,10 @@ def novelty_of(query: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
     """Eq. 2: r(s', A^n) = -f^KNN(e(s'), Z^n); query [B, D], keys [N, M, D] -> [B, N]."""
     return -knn_cosine_similarity(query, keys, k)
 
+# --- end shared ---
 
+
+# --- shared: collaborative-reward ---
 def collaborative_reward(novelty: torch.Tensor, w: float, aggregate: str = "mean") -> torch.Tensor:
     """Eq. 3: R_i = w * novelty_i (ego) + (1 - w) * g({novelty_j : j != i}) (mutual); [B, N] -> [B, N].
 
@@ -386,7 +390,10 @@ def collaborative_reward(novelty: torch.Tensor, w: float, aggregate: str = "mean
         raise ValueError(f"aggregate must be mean, max or min, got {aggregate!r}")
     return ego + (1 - w) * mutual
 
+# --- end shared ---
 
+
+# --- shared: info-nce-loss ---
 def info_nce_loss(
     anchors: torch.Tensor, positives: torch.Tensor, temperature: float, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -402,7 +409,10 @@ def info_nce_loss(
         return losses.mean()
     return (losses * valid).sum() / valid.sum().clamp(min=1)
 
+# --- end shared ---
 
+
+# --- shared: collaborative-action ---
 def collaborative_action(candidates: torch.Tensor) -> torch.Tensor:
     """Eq. 5: candidates [N, N, M, A] -> actions [N, A].
 
@@ -419,13 +429,18 @@ def collaborative_action(candidates: torch.Tensor) -> torch.Tensor:
     score = (sq_dist * is_other[:, :, None, None]).sum((1, 3))  # [N, M]
     return own[agents, score.argmax(1)]  # [N, A]
 
+# --- end shared ---
 
+
+# --- shared: candidate-actions ---
 def candidate_actions(actor: "Actor", obs: torch.Tensor, samples: int) -> torch.Tensor:
     """The input of Eq. 5: obs [N, O] (agent i's observation) -> candidates [N_i, N_j, M, A], M samples of
     every policy j at every agent i's observation, drawn in one batched actor pass."""
     N = obs.shape[0]
     actions, _ = actor.get_action(obs.repeat_interleave(samples, 0), with_log_prob=False)  # [N_j, N_i * M, A]
     return actions.view(N, N, samples, -1).transpose(0, 1)  # [N_i, N_j, M, A]
+
+# --- end shared ---
 
 
 # --- shared: cli ---

@@ -215,6 +215,7 @@ def clip_grad_norm_per_agent_(net: nn.Module, max_norm: float) -> torch.Tensor:
 # --- end shared ---
 
 
+# --- shared: replay-buffer ---
 class Batch(NamedTuple):
     obs: torch.Tensor  # [B, O]
     actions: torch.Tensor  # [B, A]
@@ -266,6 +267,7 @@ class ReplayBuffer:
         for name, value in vars(self).items():
             if isinstance(value, torch.Tensor):
                 value[: len(state[name])] = state[name]
+# --- end shared ---
 
 
 # --- shared: cli ---

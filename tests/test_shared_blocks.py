@@ -138,25 +138,24 @@ def test_checker_reads_indented_markers_and_keeps_indentation():
     assert parse_shared_blocks(text) == {"g": "    return 1\n"}
 
 
-def test_ce_rnd_copies_ce_sacs_backbone_and_equations():
-    # ce_rnd.py (RND novelty, paper 5.4) carries the SAC backbone, the command line, the checkpoint and Eqs. 3
-    # and 5 of ce_sac.py, and the replay buffer of baselines/sac.py, as marked blocks. The test above holds
-    # copies of one name equal once the originals carry the same markers; until then the blocks are compared
-    # here with the unmarked originals, definition by definition (a blank line before the end marker aside).
-    import ast
+# Which marked blocks each script must carry, so that removing a marker (and with it the guard above) fails.
+EQUATIONS = {"knn-novelty", "collaborative-reward", "info-nce-loss", "collaborative-action", "candidate-actions"}
+EXPECTED = {
+    "baselines/sac.py": {"sac-networks", "sac-update", "replay-buffer", "cli", "checkpoint"},
+    "ce_sac.py": {"sac-networks", "sac-update", "cli", "checkpoint"} | EQUATIONS,
+    "ce_rnd.py": {"sac-networks", "sac-update", "replay-buffer", "cli", "checkpoint", "collaborative-reward",
+                  "collaborative-action", "candidate-actions"},
+    "baselines/drq.py": {"sac-networks", "drq-networks", "drq-update", "cli", "checkpoint", "cpu-memory"},
+    "ce_drq.py": {"sac-networks", "drq-networks", "drq-update", "cli", "checkpoint", "cpu-memory"} | EQUATIONS,
+    "baselines/sunrise.py": {"sac-networks", "cli", "checkpoint"},
+    "baselines/dice.py": {"sac-networks", "replay-buffer", "cli", "checkpoint"},
+    "baselines/diayn.py": {"sac-networks", "sac-update", "cli", "checkpoint"},
+    "baselines/a2c.py": {"cli", "checkpoint"},
+}  # fmt: skip
 
-    rnd = parse_shared_blocks((REPO_ROOT / "ce_rnd.py").read_text())
-    ce_text, sac_text = (REPO_ROOT / "ce_sac.py").read_text(), (REPO_ROOT / "baselines" / "sac.py").read_text()
-    assert {"sac-networks", "sac-update", "cli", "checkpoint"} <= set(rnd) & set(parse_shared_blocks(ce_text))
 
-    def source(text: str, *names: str) -> str:
-        """The top-level definitions `names` of a file's text, as written, joined by two blank lines."""
-        lines = text.splitlines(keepends=True)
-        nodes = {n.name: n for n in ast.parse(text).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-        return "\n\n".join("".join(lines[nodes[n].lineno - 1 : nodes[n].end_lineno]) for n in names)
-
-    for block, text, names in (("collaborative-reward", ce_text, ["collaborative_reward"]),
-                               ("collaborative-action", ce_text, ["collaborative_action"]),
-                               ("candidate-actions", ce_text, ["candidate_actions"]),
-                               ("replay-buffer", sac_text, ["Batch", "ReplayBuffer"])):  # fmt: skip
-        assert rnd[block].rstrip("\n") == source(text, *names).rstrip("\n"), f"ce_rnd.py's {block!r} differs from {names}"
+@pytest.mark.parametrize("path", sorted(EXPECTED))
+def test_each_script_carries_its_marked_blocks(path):
+    # e.g. ce_drq.py carries ce_sac.py's Eqs. 2-5 and baselines/drq.py's backbone; the equality test holds them equal
+    blocks = set(parse_shared_blocks((REPO_ROOT / path).read_text()))
+    assert EXPECTED[path] <= blocks, f"{path} lacks the marked blocks {sorted(EXPECTED[path] - blocks)}"
