@@ -13,6 +13,7 @@ e.g. `Hopper-v5` (the paper's section 5.5), with its own time limit.
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import os
 import warnings
@@ -23,6 +24,11 @@ import numpy as np
 # dm_control picks its renderer at import; without a display GLFW prints a warning on every run
 # (and would end up in a one-line error message). EGL renders headless; a user's choice stands.
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+# MuJoCo 3's compiler warns through absl, on every build of a model that sets a total mass (quadruped,
+# walker, ...), that the attribute is deprecated: the model is dm_control's, not the user's, and the
+# line would precede a one-line error message. Only that message is dropped.
+logging.getLogger("absl").addFilter(lambda record: "'settotalmass' is deprecated" not in record.getMessage())
 
 # The 15 tasks of the CE paper's Table 1 ("DMC15"), named `domain-task`.
 DMC15 = (
