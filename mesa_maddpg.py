@@ -7,17 +7,20 @@ The learner f is the MADDPG of `baselines/maddpg.py`, copied here in marked bloc
 (`# --- shared: NAME ---`), so `diff baselines/maddpg.py mesa_maddpg.py` shows MESA only.
 
 The method, in the order main() runs it:
-1. META-TRAINING (Algorithm 1). For each of the B training tasks, train a fresh MADDPG and keep
+1. META-TRAINING (Algorithm 1). For each of the B training tasks, train a fresh MADDPG (Table 1's
+   collection steps per task: its random warm-up, then training) and keep
    every joint state-action pair (s_t, a_t) whose reward reaches R* in the dataset M*; earlier
    zero-reward pairs of the same trajectory that lead to such a pair join M* too, with the
    densified reward of Eq. 5 (`relabel_rewards`). A KMeans over M* (`kmeans`, C clusters) is
    the hash phi of the pseudo-counts (section 5.3).
 2. E exploration policies are trained one after another, each a fresh MADDPG on the training
-   tasks, rewarded by Eq. 6 (`exploration_reward`) instead of the task reward: r~ = r_hat(d*)
-   f_d(N(phi(s, a))) if the nearest element d* of M* is closer than eps, else 0, f_d(x) = 1/x^5.
+   tasks, rewarded by Eq. 6 (`exploration_reward`) instead of the task reward: r~_t = r_hat_t
+   f_d(N(phi(s_t, a_t))) if the nearest element of M* is closer than eps, else 0, f_d(x) = 1/x^5,
+   r_hat_t the step's own Eq. 5 reward on the training task it plays (`densified_rewards`).
    N starts every trajectory at the global count N_hat and counts the visits of the
    trajectory (`trajectory_pseudo_counts`); after a policy is trained, N_hat adds the visits of
-   its last batch of trajectories, so the next policy is paid only for what is still uncovered.
+   every trajectory it played (its dataset D, `updated_global_counts`), so the next policy is paid
+   only for what is still uncovered.
    The E actors are saved (`exploration_policies.pt` in the run directory).
 3. META-TESTING (Algorithm 2). On each unseen test task a fresh MADDPG learns; every episode is
    played, with probability eps(t) annealed from 1 to 0 (`exploration_probability`), by one
@@ -28,14 +31,17 @@ The method, in the order main() runs it:
 Run:
     python mesa_maddpg.py --env-id climb-multi-stage --seed 1
 Expected: the paper (Table 2) reports 0.81 on the multi-stage climb game (return averaged over
-the 5 steps) where MADDPG stays at 0.50. Ours (README table, 5 seeds x 5 test tasks) is 0.78 for
-both, exactly what solving every k = 1 stage and no k = 2 stage gives. Our MADDPG already solves
-the k = 1 stages. A k = 2 stage's optimum (u, u) can be in M* only when some training task has
-(2, u) at the same stage, and even then the exploration policies rarely play it: Eq. 6 pays all
-high-reward pairs alike, and the k = 1 optima (u, x) far outnumber the diagonal ones. A covered
-optimum that is played is not adopted either (measured, README): the observation carries the
-whole joint-action history, and the exploration policy reaches that stage through a history the
-learner stops playing once it solves the earlier stages its own way. The last line printed is
+the 5 steps) where MADDPG stays at 0.50. With the earlier readings (`--collect-steps 30000 --eq6-r-hat
+nearest --global-count-from last-batch`; README table, 5 seeds x 5 test tasks) ours is 0.78 for MESA
+and MADDPG alike, exactly what solving every k = 1 stage and no k = 2 stage gives: our MADDPG already
+solves the k = 1 stages, a k = 2 stage's optimum (u, u) is in M* only when some training task has (2, u)
+at the same stage, the exploration policies rarely play it (the k = 1 optima (u, x) far outnumber the
+diagonal ones), and a covered optimum that is played is not adopted either (the observation carries
+the whole joint-action history). With the paper's readings (the defaults) Eq. 6 pays a policy only
+where its joint action is valuable on the training task drawn, so the first policy learns a k = 1
+optimum shared by several tasks, and N_hat, fed by all of its dataset D (random warm-up included),
+covers every cluster of M*: the later policies earn an Eq. 6 return near 0 (README, measured).
+The last line printed is
 `test_return=<float>`, the mean over the test tasks.
 Long runs: `--checkpoint-every N` saves the whole training state every N env steps (all phases
 together) to runs/{run}/checkpoint.pt (and Ctrl-C saves it on the way out); the same command with
@@ -44,9 +50,17 @@ together) to runs/{run}/checkpoint.pt (and Ctrl-C saves it on the way out); the 
 Nondeterminism: on CPU the same seed gives identical runs (`--torch-deterministic`); on GPU,
 cuBLAS reductions may differ in the last bits between runs.
 
+Readings of the paper (each with the earlier reading as an option, measured in the README):
+- Table 1's collection steps are per training task (as its meta-testing steps are per test task):
+  Algorithm 1 line 4 trains f on each task, which 30k in all (3000 per task, all random warm-up)
+  never did; `--collect-steps 30000` is the earlier reading on the climb games;
+- Eq. 6's weight is r_hat_t, the step's own Eq. 5 reward (Algorithm 1 line 13 computes it after
+  observing r_t), so a pair near M* is paid only where it is valuable on the task being played;
+  `--eq6-r-hat nearest` pays the r_hat of the nearest element of M* instead;
+- N_hat adds the visits of all of D, the policy's dataset (line 19), warm-up episodes included;
+  `--global-count-from last-batch` adds its last batch_size trajectories only.
 Decisions where the paper is silent (ours), each next to its code:
-- budgets of Table 1 are totals: collection steps split evenly over the B training tasks,
-  meta-training steps evenly over the E exploration policies;
+- meta-training steps are a total, split evenly over the E exploration policies;
 - f_d(0) is undefined, so the count N includes the current visit (a first visit earns r_hat);
 - eps of Eq. 6 is an argument (default: half the distance between two joint actions that
   differ in one agent's one-hot action, so only the same joint action in a nearby state counts);
@@ -68,7 +82,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -164,11 +178,18 @@ class Args:
 
     # MESA: meta-training (section 5.1, Algorithm 1, Table 1)
     collect_steps: Optional[int] = None
-    """MESA: high-reward collection env steps, all training tasks together (None: Table 1, 30k climb, 500k MPE, 1M Swimmer)"""
+    """MESA: high-reward collection env steps, all training tasks together (None: Table 1's per training task x B:
+    10 x 30k climb, 30 x 500k MPE, 30 x 1M Swimmer; Algorithm 1 line 4 trains f on each task, like meta-testing's per-task budget)"""
     meta_train_steps: Optional[int] = None
     """MESA: env steps of exploration-policy training, all E together (None: Table 1, 50k one-step, 100k multi-stage, 3M MPE and Swimmer)"""
     num_exploration_policies: Optional[int] = None
     """MESA: E, exploration policies (None: Table 1, 4 climb, 2 MPE (Table 1: 2-4), 2 Swimmer; loaded: the file's)"""
+    eq6_r_hat: Literal["step", "nearest"] = "step"
+    """MESA: the r_hat that weights Eq. 6: "step", r_hat_t of the rollout's own step t by Eq. 5 (Eq. 6's subscript t; Algorithm 1
+    line 13 computes it after observing r_t), or "nearest", the r_hat stored with the nearest element of M* (our earlier reading)"""
+    global_count_from: Literal["all", "last-batch"] = "all"
+    """MESA: the visits N_hat adds after each exploration policy (Algorithm 1 line 19, "Update N_hat using D"): "all", every
+    trajectory the policy's training played (its dataset D, warm-up included), or "last-batch", its last batch_size (our earlier reading)"""
     reward_threshold: float = 1.0
     """MESA: R*, a pair with reward >= R* is high-reward (Table 1: 1 for the sparse-reward tasks)"""
     relabel_gamma: float = 0.05
@@ -298,15 +319,17 @@ def report_scale(env_id: str, max_steps: int) -> float:
 # first two climb-game exploration policies covered every cluster, and N_hat left the third and fourth an Eq. 6
 # return near 0 (measured: 3e-2 to 7e-7), so they stayed untrained; with 64 all four earn 1-2.5
 MESA_DEFAULTS = {
-    "climb-one-step": dict(collect_steps=30_000, meta_train_steps=50_000, num_exploration_policies=4,
-                           num_clusters=64, distance_eps=0.7),
-    "climb-multi-stage": dict(collect_steps=30_000, meta_train_steps=100_000, num_exploration_policies=4,
-                              num_clusters=64, distance_eps=0.7),
-    "mpe-climb": dict(collect_steps=500_000, meta_train_steps=3_000_000, num_exploration_policies=2,
-                      num_clusters=64, distance_eps=0.3),
-    "swimmer-climb": dict(collect_steps=1_000_000, meta_train_steps=3_000_000, num_exploration_policies=2,
-                          num_clusters=64, distance_eps=0.3),
+    "climb-one-step": dict(meta_train_steps=50_000, num_exploration_policies=4, num_clusters=64, distance_eps=0.7),
+    "climb-multi-stage": dict(meta_train_steps=100_000, num_exploration_policies=4, num_clusters=64, distance_eps=0.7),
+    "mpe-climb": dict(meta_train_steps=3_000_000, num_exploration_policies=2, num_clusters=64, distance_eps=0.3),
+    "swimmer-climb": dict(meta_train_steps=3_000_000, num_exploration_policies=2, num_clusters=64, distance_eps=0.3),
 }
+# MESA: Table 1's "high-reward data collection steps", read per training task: each training task is a fresh learner
+# trained with f (Algorithm 1 lines 3-4), as each test task is one with Table 1's per-task meta-testing steps. Read as
+# a total (our earlier reading: 30k / 10 tasks = 3000 per climb task, 500k / 30 = 16.7k per MPE task), every collection
+# step fell inside the 3000 / 50k random warm-up, so f never trained and line 4's "train" never happened.
+COLLECT_STEPS_PER_TASK = {"climb-one-step": 30_000, "climb-multi-stage": 30_000, "mpe-climb": 500_000,
+                          "swimmer-climb": 1_000_000}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -657,15 +680,22 @@ def relabel_rewards(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
     return r_hat
 
 
+def densified_rewards(rewards: torch.Tensor, threshold: float, gamma: float) -> torch.Tensor:
+    """Eq. 5 as section 5.1.1 applies it: rewards [..., T] -> r_hat [..., T], the relabeled reward
+    of every step of one trajectory towards its *valuable* (r >= R*) steps. Trap: Eq. 5 relabels
+    towards any later r > 0, but only a valuable later pair earns a zero-reward pair a positive
+    reward (5.1.1: "leads to a valuable state-action pair"), so the rewards below R* (the climb
+    games' 0.5) are zeroed before relabeling. The same r_hat_t serves M* (Algorithm 1 line 5) and
+    Eq. 6 (line 13)."""
+    valuable = torch.where(rewards >= threshold, rewards, torch.zeros_like(rewards))  # [..., T]
+    return relabel_rewards(valuable, gamma)
+
+
 def high_reward_pairs(features: torch.Tensor, rewards: torch.Tensor, threshold: float, gamma: float):
     """Section 5.1.1 / Algorithm 1 line 5: the pairs of one trajectory that join M*.
     features [T, D] (joint state-action vectors), rewards [T] -> (features [m, D], r_hat [m]):
-    the valuable pairs (r_t >= R*) and, by Eq. 5, the earlier pairs that lead to one.
-    Trap: Eq. 5 relabels towards any later r > 0, but only a *valuable* later pair earns a
-    zero-reward pair its place in M* (5.1.1: "leads to a valuable state-action pair"), so the
-    rewards below R* are zeroed before relabeling."""
-    valuable = torch.where(rewards >= threshold, rewards, torch.zeros_like(rewards))  # [T]
-    r_hat = relabel_rewards(valuable, gamma)  # [T]
+    the valuable pairs (r_t >= R*) and, by Eq. 5, the earlier pairs that lead to one."""
+    r_hat = densified_rewards(rewards, threshold, gamma)  # [T]
     keep = r_hat > 0
     return features[keep], r_hat[keep]
 
@@ -709,12 +739,27 @@ def count_decay(counts: torch.Tensor, power: float) -> torch.Tensor:
     return counts.float().pow(-power)
 
 
-def exploration_reward(features, mstar_features, mstar_rewards, counts, eps: float, power: float):
-    """Eq. 6: r~_t = r_hat(d*) f_d(N(phi(s_t, a_t))) if ||(s_t, a_t) - d*||_2 < eps, else 0,
-    with d* the element of M* nearest to (s_t, a_t) and r_hat(d*) its (Eq. 5) reward.
-    features [T, D], mstar_features [M, D], mstar_rewards [M], counts N [T] -> [T]."""
-    distance, nearest = torch.cdist(features, mstar_features).min(dim=1)  # [T], [T]
-    return mstar_rewards[nearest] * count_decay(counts, power) * (distance < eps).float()
+def nearest_in_mstar(features: torch.Tensor, mstar_features: torch.Tensor):
+    """The min over d in M* of Eq. 6: features [T, D], mstar_features [M, D] -> (distance [T],
+    index [T]) of each pair's nearest element d* of M* (L2, Table 1's distance metric)."""
+    return torch.cdist(features, mstar_features).min(dim=1)  # [T], [T]
+
+
+def exploration_reward(r_hat: torch.Tensor, distance: torch.Tensor, counts: torch.Tensor, eps: float, power: float):
+    """Eq. 6: r~_t = r_hat_t f_d(N(phi(s_t, a_t))) 1[min_{d in M*} ||(s_t, a_t) - d||_2 < eps].
+    r_hat [T] the weight (the paper: r_hat_t, Eq. 5 on the rollout's own rewards, `densified_rewards`;
+    --eq6-r-hat nearest: the r_hat of the nearest element of M*), distance [T] to the nearest element
+    of M* (`nearest_in_mstar`), counts N [T] (`trajectory_pseudo_counts`) -> [T]."""
+    return r_hat * count_decay(counts, power) * (distance < eps).float()
+
+
+def updated_global_counts(global_counts: torch.Tensor, visited: list[torch.Tensor]) -> torch.Tensor:
+    """Algorithm 1 line 19, "Update N_hat using D": N_hat [C] plus the visits of every cluster over
+    the trajectories `visited` (a list of cluster indices [T_i], one per trajectory) -> N_hat' [C].
+    The paper: every trajectory of the policy's dataset D; --global-count-from last-batch: its last batch."""
+    if not visited:
+        return global_counts.clone()
+    return global_counts + torch.bincount(torch.cat(visited), minlength=global_counts.shape[0]).to(global_counts.dtype)
 
 
 def exploration_probability(step: int, total: int, start: float, end: float, anneal_fraction: float) -> float:
@@ -1001,6 +1046,9 @@ def setup(args: Args):
     """(resolved args, env settings, training tasks, test tasks); BadInput (one line) for the first
     impossible setting, or one that would make the run meaningless."""
     args = resolve_args(args, MESA_DEFAULTS)
+    if args.collect_steps is None:  # MESA: Table 1's per-task budget, all training tasks together
+        check_range(args, ("num_train_tasks",), 1, kind="integer")
+        args.collect_steps = COLLECT_STEPS_PER_TASK[args.env_id] * args.num_train_tasks
     check_range(args, ("seed", "task_seed"), 0, 2**31 - 1, kind="integer")
     check_range(args, ("torch_threads", "num_train_tasks", "num_test_tasks", "total_timesteps", "batch_size", "hidden_dim",
                        "train_frequency", "buffer_size", "collect_steps", "meta_train_steps", "num_exploration_policies",
@@ -1014,6 +1062,9 @@ def setup(args: Args):
     check_range(args, ("epsilon_start", "epsilon_end"), 0, 1)
     check_range(args, ("epsilon_anneal_steps",), 1, kind="integer")
     check_range(args, ("reward_threshold",))
+    for name, valid in (("eq6_r_hat", ("step", "nearest")), ("global_count_from", ("all", "last-batch"))):
+        if getattr(args, name) not in valid:  # (the command line refuses them already; main() called from Python does not)
+            raise BadInput(f"--{name.replace('_', '-')} {getattr(args, name)}: must be one of {', '.join(valid)}")
     if args.learning_starts >= args.total_timesteps:  # every test task would end untrained and report that as its score
         raise BadInput(f"--learning-starts {args.learning_starts}: no learning step before the end of meta-testing; "
                        f"must be < --total-timesteps {args.total_timesteps}")
@@ -1212,13 +1263,15 @@ def main(args: Args) -> dict:
             rb = TrajectoryBuffer(args.buffer_size, n, T, obs_dim, act_dim, device)
             explore_policy = learner_policy(learner, "explore", device)
             last_batch, last_rewards = [], []  # clusters visited and Eq. 6 returns of the latest batch_size trajectories
+            policy_visits = torch.zeros_like(global_counts)  # [C]: cluster visits of every trajectory of this policy (D)
             policy_step, next_train, next_log = 0, args.learning_starts, 0
             losses = {}
             phase, at = f"explorer {e + 1}/{args.num_exploration_policies}", ("explore", e)
             if resume and resume["at"] == at:  # RESUME: this policy as the checkpoint left it
                 restore_learner_state(resume, learner, rb, rng, sample_generator)
-                policy_step, next_train, next_log, losses, last_batch, last_rewards, episode = (resume["loop"][k] for k in
-                    ("step", "next_train", "next_log", "losses", "last_batch", "last_rewards", "episode"))
+                policy_step, next_train, next_log, losses, last_batch, last_rewards, policy_visits, episode = (
+                    resume["loop"][k] for k in ("step", "next_train", "next_log", "losses", "last_batch", "last_rewards",
+                                                "policy_visits", "episode"))
             progress.phase(phase, steps_per_policy, policy_step)
             while policy_step < steps_per_policy:
                 # COLLECT on a uniformly drawn training task
@@ -1234,10 +1287,16 @@ def main(args: Args) -> dict:
                 features = state_action_features(ep["states"], ep["actions"])  # [steps, D]
                 clusters = hash_pairs(features, centroids)  # [steps]
                 counts = trajectory_pseudo_counts(clusters, global_counts)  # [steps]
+                distance, nearest = nearest_in_mstar(features, mstar_features)  # [steps], [steps]
+                if args.eq6_r_hat == "step":  # r_hat_t: Eq. 5 on this rollout's own (training-task) rewards
+                    r_hat = densified_rewards(torch.as_tensor(ep["rewards"][:steps]), args.reward_threshold,
+                                              args.relabel_gamma)  # [steps]
+                else:  # "nearest": the r_hat M* holds for the nearest element d*
+                    r_hat = mstar_rewards[nearest]  # [steps]
                 reward = torch.zeros(T)
-                reward[:steps] = exploration_reward(features, mstar_features, mstar_rewards, counts,
-                                                    args.distance_eps, args.count_power)
+                reward[:steps] = exploration_reward(r_hat, distance, counts, args.distance_eps, args.count_power)
                 rb.add(ep, rewards=reward)
+                policy_visits = updated_global_counts(policy_visits, [clusters])
                 last_batch = (last_batch + [clusters])[-args.batch_size:]
                 last_rewards = (last_rewards + [float(reward.sum())])[-args.batch_size:]
 
@@ -1260,9 +1319,12 @@ def main(args: Args) -> dict:
                 # CHECKPOINT, Ctrl-C
                 between_episodes(policy_step, {"step": policy_step, "episode": episode, "next_train": next_train,
                                                "next_log": next_log, "losses": losses, "last_batch": last_batch,
-                                               "last_rewards": last_rewards})
-            # N_hat += visitation counts of the policy's last batch (Algorithm 1 line 19)
-            global_counts += torch.bincount(torch.cat(last_batch), minlength=global_counts.shape[0]).float()
+                                               "last_rewards": last_rewards, "policy_visits": policy_visits})
+            # N_hat += the visits of the policy's dataset D (Algorithm 1 line 19), or of its last batch only
+            if args.global_count_from == "all":
+                global_counts = global_counts + policy_visits
+            else:
+                global_counts = updated_global_counts(global_counts, last_batch)
             writer.add_scalar("charts/clusters_covered", int((global_counts > 0).sum()), e)
             exploration_actors.append(copy.deepcopy(learner.actor.state_dict()))
             meta_train_stats["exploration_rewards"].append(float(np.mean(last_rewards)))

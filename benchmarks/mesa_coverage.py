@@ -14,8 +14,9 @@ task draw (`--seed s`, task seed 100 + s as in benchmarks/reproduce.py mesa-tabl
 
     python benchmarks/mesa_coverage.py --seed 3 --alone 0 1 2 3
 
-Budgets are the paper's (mesa_maddpg.py defaults) unless flags set a smaller game or budget; one
-MESA run at the paper's budgets is about 3 CPU minutes here.
+Budgets and readings are mesa_maddpg.py's defaults (the paper's) unless flags set a smaller game or
+budget, or the earlier readings (`--collect-steps 30000 --eq6-r-hat nearest --global-count-from
+last-batch`); one MESA run (one test task) is about 3 CPU minutes here with those, about 8 with the defaults.
 """
 
 import collections
@@ -54,13 +55,17 @@ class Args:
     num_exploration_policies: Optional[int] = None
     """E (None: 4)"""
     collect_steps: Optional[int] = None
-    """high-reward collection steps, all training tasks (None: 30k)"""
+    """high-reward collection steps, all training tasks (None: Table 1's 30k per task, 300k)"""
     meta_train_steps: Optional[int] = None
     """exploration-policy training steps, all E together (None: 100k)"""
     total_timesteps: Optional[int] = None
     """meta-testing steps (None: 100k)"""
     learning_starts: Optional[int] = None
     """random warm-up steps of every MADDPG (None: 3000)"""
+    eq6_r_hat: str = "step"
+    """mesa_maddpg.py's --eq6-r-hat: step (Eq. 6 as written) or nearest (the earlier reading)"""
+    global_count_from: str = "all"
+    """mesa_maddpg.py's --global-count-from: all (Algorithm 1 line 19, all of D) or last-batch (the earlier reading)"""
 
 
 def stage_table(env, policy, episodes, spaces, task) -> tuple[np.ndarray, list]:
@@ -88,7 +93,8 @@ def greedy_line(name, env, actor_state, args, spaces, device) -> str:
 def main(a: Args) -> None:
     device = torch.device("cpu")
     overrides = {name: getattr(a, name) for name in ("stages", "num_actions", "num_exploration_policies", "collect_steps",
-                                                      "meta_train_steps", "total_timesteps", "learning_starts")}
+                                                      "meta_train_steps", "total_timesteps", "learning_starts",
+                                                      "eq6_r_hat", "global_count_from")}
     args = replace(mesa.Args(env_id="climb-multi-stage"), seed=a.seed, task_seed=a.task_seed_offset + a.seed,
                    num_test_tasks=1, cuda=False, exploration_policies=a.exploration_policies, **overrides)
     args, settings, train_tasks, test_tasks = mesa.setup(args)

@@ -298,6 +298,11 @@ TABLES = {t.key: t for t in (
         Row("maddpg", "MADDPG", "baselines/maddpg.py", "--exp-name maddpg", per_test_task=True),
         Row("maddpg-greedy", "MADDPG, greedy acting", "baselines/maddpg.py", "--exp-name maddpg-greedy", default=False,
             per_test_task=True, wrapper=GREEDY_MADDPG),
+        # one actor for all agents (marlbenchmark/off-policy rMADDPG's default, `--share-policy`): with the climb
+        # games' identical observations every greedy joint action is diagonal, (x, x)
+        Row("mesa-shared", "MESA, shared policy", "mesa_maddpg.py", "--share-policy", default=False),
+        Row("maddpg-shared", "MADDPG, shared policy", "baselines/maddpg.py", "--exp-name maddpg-shared --share-policy",
+            default=False, per_test_task=True),
         Row("k1-only", "k = 1 stages solved, k = 2 not (task draws, no training)", None),
     ), (1, 2, 3), "test_return",  # B.2: "3 runs with different seeds, each consisting of a different set of meta-testing tasks"
           note="Seed s draws its training and test tasks with task seed {offset} + s; MESA meta-trains once "

@@ -2,8 +2,9 @@
 the shared blocks, smoke runs on every environment (main() and the command line), seeding,
 saving/loading exploration policies, bad input, the MADDPG learner (its GRU against torch.nn.GRU,
 values and gradients; the rMADDPG options --share-policy, epsilon-greedy, --greedy-target-actions),
-and three learning checks: MADDPG's equilibria
-on a k = 2 and a k = 1 climb stage, and the exploration policies' coverage of M*.
+and four learning checks: MADDPG's equilibria
+on a k = 2 and a k = 1 climb stage, and the exploration policies' Eq. 6 returns and coverage of M*
+with the paper's readings of Eq. 6 and Algorithm 1 line 19 (the defaults) and with the earlier ones.
 Run: /work/venv/bin/pytest tests/test_mesa.py -q (about 4 minutes on 2 cores)."""
 
 import copy
@@ -76,19 +77,51 @@ def test_count_decay_is_one_over_x_to_the_fifth():
     assert torch.allclose(mesa.count_decay(torch.tensor([1.0, 2.0, 3.0]), 5.0), torch.tensor([1.0, 1 / 32, 1 / 243]))
 
 
-def test_exploration_reward_on_hand_made_mstar():
+def test_densified_rewards_relabel_towards_valuable_steps_only():
+    # Eq. 5 as 5.1.1 applies it (R* = 1): the climb games' 0.5 is not valuable, so it is relabeled
+    # like a zero step; the same r_hat_t weights Eq. 6 (Algorithm 1 line 13)
+    r = torch.tensor([0.5, 0.0, 1.0, 0.5, 0.0])
+    assert torch.allclose(mesa.densified_rewards(r, 1.0, 0.05), torch.tensor([0.0025, 0.05, 1.0, 0.0, 0.0]))
+    assert torch.equal(mesa.densified_rewards(torch.full((3,), 0.5), 1.0, 0.05), torch.zeros(3))
+    # R* = 0.5: then 0.5 is valuable and is its own r_hat
+    assert torch.allclose(mesa.densified_rewards(r, 0.5, 0.05), torch.tensor([0.5, 0.05, 1.0, 0.5, 0.0]))
+
+
+def test_nearest_in_mstar_and_exploration_reward_on_hand_made_mstar():
     mstar = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]])  # M* [3, D=2]
     mstar_r_hat = torch.tensor([1.0, 0.05, 1.0])
     features = torch.tensor([[0.0, 0.1], [1.0, 0.2], [5.0, 5.0], [0.0, 2.6]])  # [T=4, 2]
+    distance, nearest = mesa.nearest_in_mstar(features, mstar)
+    assert torch.equal(nearest, torch.tensor([0, 1, 2, 2]))
+    assert torch.allclose(distance, torch.tensor([0.1, 0.2, (25 + 4) ** 0.5, 0.4]))
     counts = torch.tensor([1.0, 2.0, 1.0, 3.0])
-    reward = mesa.exploration_reward(features, mstar, mstar_r_hat, counts, eps=0.5, power=5.0)
+    # Eq. 6 weighted by the nearest element's r_hat (--eq6-r-hat nearest):
     # step 0: nearest d* = [0, 0] at 0.1 < eps, r_hat 1, f_d(1) = 1 -> 1
     # step 1: nearest [1, 0] at 0.2, r_hat 0.05, f_d(2) = 1/32 -> 0.0015625
     # step 2: nearest [0, 3] at ~5.39 >= eps -> 0
     # step 3: nearest [0, 3] at 0.4, r_hat 1, f_d(3) = 1/243
+    reward = mesa.exploration_reward(mstar_r_hat[nearest], distance, counts, eps=0.5, power=5.0)
     assert torch.allclose(reward, torch.tensor([1.0, 0.05 / 32, 0.0, 1 / 243]))
+    # Eq. 6 as written (the default): r_hat_t of the rollout's own steps; rewards 0, 1, 0, 0 give
+    # r_hat_t = 0.05 (step 0 leads to the valuable step 1), 1, 0, 0 (nothing valuable follows)
+    r_hat_t = mesa.densified_rewards(torch.tensor([0.0, 1.0, 0.0, 0.0]), 1.0, 0.05)
+    assert torch.allclose(r_hat_t, torch.tensor([0.05, 1.0, 0.0, 0.0]))
+    reward = mesa.exploration_reward(r_hat_t, distance, counts, eps=0.5, power=5.0)
+    # step 0: 0.05 x f_d(1) = 0.05; step 1: 1 x 1/32; step 2: far from M* -> 0; step 3: near M* but r_hat_t 0 -> 0
+    assert torch.allclose(reward, torch.tensor([0.05, 1 / 32, 0.0, 0.0]))
     # exactly eps away is outside (strict <, Eq. 6)
-    assert mesa.exploration_reward(torch.tensor([[0.5, 0.0]]), mstar[:1], mstar_r_hat[:1], torch.ones(1), 0.5, 5.0) == 0
+    assert mesa.exploration_reward(torch.ones(1), torch.tensor([0.5]), torch.ones(1), 0.5, 5.0) == 0
+
+
+def test_updated_global_counts_add_the_visits_of_every_trajectory():
+    # Algorithm 1 line 19: N_hat [C=3] plus the visits of the trajectories of D
+    global_counts = torch.tensor([1.0, 0.0, 2.0])
+    visited = [torch.tensor([0, 0, 2]), torch.tensor([1]), torch.tensor([2, 2])]
+    assert torch.equal(mesa.updated_global_counts(global_counts, visited), torch.tensor([3.0, 1.0, 5.0]))
+    assert torch.equal(global_counts, torch.tensor([1.0, 0.0, 2.0]))  # a new tensor, N_hat itself untouched
+    assert torch.equal(mesa.updated_global_counts(global_counts, []), global_counts)  # no trajectory
+    # the last batch only (--global-count-from last-batch) is the same sum over fewer trajectories
+    assert torch.equal(mesa.updated_global_counts(global_counts, visited[-1:]), torch.tensor([1.0, 0.0, 4.0]))
 
 
 def test_pseudo_count_and_eq6_together_decay_within_a_trajectory():
@@ -101,7 +134,8 @@ def test_pseudo_count_and_eq6_together_decay_within_a_trajectory():
     global_counts[clusters[2]] = 1.0  # an earlier policy covered pair 1 once
     counts = mesa.trajectory_pseudo_counts(clusters, global_counts)
     assert torch.equal(counts, torch.tensor([1.0, 2.0, 2.0, 3.0]))
-    reward = mesa.exploration_reward(trajectory, mstar, torch.ones(2), counts, eps=0.7, power=5.0)
+    distance, _ = mesa.nearest_in_mstar(trajectory, mstar)
+    reward = mesa.exploration_reward(torch.ones(4), distance, counts, eps=0.7, power=5.0)
     assert torch.allclose(reward, torch.tensor([1.0, 1 / 32, 1 / 32, 1 / 243]))
 
 
@@ -114,6 +148,17 @@ def test_kmeans_separates_blobs_and_clamps_clusters():
     assert torch.allclose(centroids, torch.tensor([[-5.0, -5.0], [5.0, 5.0]]) + blob.mean(0), atol=1e-4)
     assert mesa.kmeans(points[:3], 8, 5, torch.Generator().manual_seed(0)).shape == (3, 2)  # C > M
     assert torch.equal(mesa.hash_pairs(points[:2], centroids), torch.tensor([1, 1]))
+
+
+def test_collection_budget_is_table1s_per_training_task():
+    # Table 1's 30k collection steps per training task (Algorithm 1 line 4 trains f on each; read as a
+    # total, 3000 per task, every step was random warm-up), all tasks together in --collect-steps
+    assert mesa.setup(mesa.Args(env_id="climb-one-step"))[0].collect_steps == 10 * 30_000
+    assert mesa.setup(mesa.Args(env_id="climb-multi-stage", num_train_tasks=4))[0].collect_steps == 4 * 30_000
+    args = mesa.setup(mesa.Args(env_id="climb-one-step", collect_steps=30_000))[0]
+    assert args.collect_steps // args.num_train_tasks == args.learning_starts  # the earlier reading: no training step
+    assert mesa.COLLECT_STEPS_PER_TASK == {"climb-one-step": 30_000, "climb-multi-stage": 30_000, "mpe-climb": 500_000,
+                                           "swimmer-climb": 1_000_000}
 
 
 def test_exploration_probability_anneals_linearly():
@@ -356,13 +401,32 @@ def test_maddpg_solves_a_k1_stage_but_not_a_k2_stage_of_the_multi_stage_game(tmp
     assert result["test_return"] == 0.75
 
 
-def test_mesa_exploration_policies_cover_distinct_parts_of_mstar(tmp_path):
-    # Algorithm 1 on the one-step game: every exploration policy learns to hit M* (Eq. 6 return
-    # 1 = r_hat 1 at count 1 in its last batch) and, through the global count N_hat, each one
-    # in a cluster no earlier policy covered (4 policies -> 4 clusters)
-    args = replace(mesa.Args(env_id="climb-one-step"), task_seed=0, num_test_tasks=1, collect_steps=3000,
-                   meta_train_steps=8000, total_timesteps=501, learning_starts=500, eval_episodes=1, cuda=False)
+ONE_STEP_META_TRAINING = dict(task_seed=0, num_test_tasks=1, collect_steps=3000, meta_train_steps=8000, total_timesteps=501,
+                              learning_starts=500, eval_episodes=1, cuda=False)
+
+
+def test_mesa_exploration_policies_cover_distinct_parts_of_mstar_with_the_earlier_readings(tmp_path):
+    # Algorithm 1 on the one-step game with Eq. 6 weighted by the nearest element of M* and N_hat fed
+    # by each policy's last batch only: every exploration policy learns to hit M* (Eq. 6 return 1 =
+    # r_hat 1 at count 1 in its last batch) and, through N_hat, each one in a cluster no earlier
+    # policy covered (4 policies -> 4 clusters)
+    args = replace(mesa.Args(env_id="climb-one-step"), eq6_r_hat="nearest", global_count_from="last-batch",
+                   **ONE_STEP_META_TRAINING)
     result = mesa.main(args)
     assert result["mstar_size"] > 10
     assert result["exploration_rewards"] == [1.0, 1.0, 1.0, 1.0]
     assert result["clusters_covered"] == 4
+
+
+def test_mesa_as_written_pays_only_valuable_steps_and_n_hat_of_all_of_d_leaves_later_policies_nothing(tmp_path):
+    # the paper's readings (the defaults), same game and budgets: Eq. 6 pays r_hat_t, the step's own
+    # reward on the training task it plays, so the first policy's return is the fraction of its
+    # episodes whose joint action is valuable on the task drawn (measured 0.25: no joint action is
+    # optimal on more than a few of the 10 tasks); N_hat then adds every trajectory of its dataset D,
+    # the uniformly random warm-up included, which visits every cluster of M*, and at f_d = 1/x^5 the
+    # later policies are left an Eq. 6 return near 0 (measured 3e-7, 2e-8, 0)
+    result = mesa.main(replace(mesa.Args(env_id="climb-one-step"), **ONE_STEP_META_TRAINING))
+    first, *later = result["exploration_rewards"]
+    assert 0.1 < first < 0.6
+    assert all(reward < 1e-3 for reward in later)
+    assert result["clusters_covered"] == min(result["mstar_size"], 64)  # every cluster of the hash (C = 64)
