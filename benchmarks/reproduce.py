@@ -1518,6 +1518,11 @@ def main(args: Args) -> dict:
     if busy:
         raise BadInput(f"--out {plan.out}: {busy[0][0].folder} is still running (pid {busy[0][1]}) from an earlier "
                        f"sweep; wait for it or stop it (kill -INT {busy[0][1]})")
+    # a run of a killed driver may have finished or checkpointed while we waited: read the folders again
+    todo = [(run, state) for run in runs if (state := state_of(run)) != "done"]
+    for run in runs:  # a driver killed between a script's end and its own write: record the script's result now
+        if not (run.folder / "result.json").exists() and (result := read_result(run.folder)) is not None:
+            write_json({**result, "command": recorded_command(run)}, run.folder / "result.json")
     print(f"{plan.table.key}: {len(runs)} runs ({len(plan.rows)} rows x {len(plan.tasks)} tasks x {len(plan.seeds)} "
           f"seeds), {len(runs) - len(todo)} done, {sum(s == 'resume' for _, s in todo)} to resume, "
           f"{sum(s == 'fresh' for _, s in todo)} to start; folder {plan.out}", flush=True)

@@ -67,6 +67,16 @@ def running_pids(out: Path) -> list[int]:
     return pids
 
 
+def processes_working_in(out: Path) -> set[int]:
+    """The pids whose working directory is inside `out` (every run works in its own folder there)."""
+    pids = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if Path(os.readlink(proc / "cwd")).is_relative_to(out.resolve()):
+                pids.add(int(proc.name))
+    return pids
+
+
 def test_cli_block_is_ce_sacs():
     """The copied `# --- shared: cli ---` block is ce_sac.py's, text for text (benchmarks/ is not scanned by
     test_shared_blocks.py)."""
@@ -205,11 +215,11 @@ def test_local_sweep_stopped_killed_and_resumed(tmp_path):
     process = driver(out)
     wait_for(lambda: running_pids(out) and any(p.stat().st_mtime > restart for p in out.glob("**/checkpoint.pt")),
              process, "a checkpoint of the second try")
-    for pid in running_pids(out):
+    process.kill()  # the driver first, so that it starts no run after the list below is taken
+    process.communicate()
+    for pid in set(running_pids(out)) | processes_working_in(out):  # (a run started just before the kill has no running.json yet)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    process.kill()
-    process.communicate()
 
     # 3. the same command finishes the sweep: finished runs untouched, every cell in the report
     done = subprocess.run([sys.executable, str(DRIVER), *SWEEP, "--out", str(out)], env=ENV, capture_output=True,
