@@ -556,6 +556,7 @@ class PixelReplayBuffer:
             elif isinstance(value, torch.Tensor):
                 value[: len(state[name])] = state[name]
 
+    # --- shared: same-episode ---
     def same_episode(self, idx: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # CE
         """Rows [B, K] of the same agent `offsets` [K] of its own steps away from rows idx [B], and
         whether each holds the same episode: written exactly d rounds later (so not overwritten
@@ -564,6 +565,7 @@ class PixelReplayBuffer:
         step = self.episode_steps[idx, None] + offsets  # [B, K]
         valid = (self.rounds[rows] == self.rounds[idx, None] + offsets) & (self.episode_steps[rows] == step) & (step >= 0)
         return rows, valid
+    # --- end shared ---
 
 
 # --- shared: knn-novelty ---

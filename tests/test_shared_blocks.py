@@ -142,11 +142,11 @@ def test_checker_reads_indented_markers_and_keeps_indentation():
 EQUATIONS = {"knn-novelty", "collaborative-reward", "info-nce-loss", "collaborative-action", "candidate-actions"}
 EXPECTED = {
     "baselines/sac.py": {"sac-networks", "sac-update", "replay-buffer", "cli", "checkpoint"},
-    "ce_sac.py": {"sac-networks", "sac-update", "cli", "checkpoint"} | EQUATIONS,
+    "ce_sac.py": {"sac-networks", "sac-update", "same-episode", "cli", "checkpoint"} | EQUATIONS,
     "ce_rnd.py": {"sac-networks", "sac-update", "replay-buffer", "cli", "checkpoint", "collaborative-reward",
                   "collaborative-action", "candidate-actions"},
     "baselines/drq.py": {"sac-networks", "drq-networks", "drq-update", "cli", "checkpoint", "cpu-memory"},
-    "ce_drq.py": {"sac-networks", "drq-networks", "drq-update", "cli", "checkpoint", "cpu-memory"} | EQUATIONS,
+    "ce_drq.py": {"sac-networks", "drq-networks", "drq-update", "same-episode", "cli", "checkpoint", "cpu-memory"} | EQUATIONS,
     "baselines/sunrise.py": {"sac-networks", "cli", "checkpoint"},
     "baselines/dice.py": {"sac-networks", "replay-buffer", "cli", "checkpoint"},
     "baselines/diayn.py": {"sac-networks", "sac-update", "cli", "checkpoint"},
