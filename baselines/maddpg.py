@@ -46,6 +46,7 @@ already had, `--logit-penalty 0`, `--tau 0.005`, `--train-frequency` = the episo
 """
 
 import copy
+import ctypes
 import glob
 import json
 import math
@@ -710,6 +711,25 @@ def cli(main, args_type) -> None:
 # --- end shared ---
 
 
+# --- shared: cpu-memory ---
+def keep_freed_memory() -> None:
+    """Let glibc's malloc keep freed memory for reuse instead of handing it back to the system at once.
+
+    An update allocates and frees dozens of 1-40 MB tensors (DrQ: the batch as float, conv activations and their
+    gradients; MADDPG: GRU activations of whole trajectories); by default glibc unmaps such blocks when freed, and
+    the next update faults fresh zeroed pages in again. Measured on one CPU thread: DrQ at batch 256, 94 ms of
+    system time per update (a sixth of it), 5 ms with this; MADDPG on mpe-climb, 6% less CPU time per step.
+    Linux with glibc only; elsewhere it does nothing. Numbers computed are unchanged.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks up to 32 MiB (glibc's largest setting) come from the heap
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap before returning any
+# --- end shared ---
+
+
 # --- shared: checkpoint ---
 # Exact resume (--checkpoint-every, --resume): a checkpoint holds every tensor, counter and random generator that
 # decides what happens next. Environments are not pickled (loading a file must never run code): each one is
@@ -887,6 +907,7 @@ def setup(args: Args):
 def main(args: Args) -> dict:
     args, settings, task = setup(args)
     torch.set_num_threads(args.torch_threads)  # before any torch work (see --torch-threads)
+    keep_freed_memory()  # glibc keeps freed blocks up to 32 MiB for reuse (Linux)
     resume = load_checkpoint(args, SCRIPT) if args.resume else None  # BadInput for a missing, foreign or mismatched one
     env, eval_env = make_env(args.env_id, task, **settings), make_env(args.env_id, task, **settings)
     spaces = env_spaces(env)

@@ -51,6 +51,8 @@ def child(path: str, env_id: str, fill: int, episodes: int, seed: int, out: str)
 
     torch.set_num_threads(1)
     m = load_module(path, "maddpg_under_test")
+    if hasattr(m, "keep_freed_memory"):  # what the script's main() does first, where it does it
+        m.keep_freed_memory()
     args = m.resolve_args(m.Args(env_id=env_id, seed=seed, cuda=False))
     args.learning_starts = 0  # every timed episode is a learning-phase one
     _, test_tasks = m.draw_tasks(args, {})

@@ -103,7 +103,7 @@ def test_maddpg_and_mesa_share_the_whole_learner():
     # mesa_maddpg.py carries MADDPG as marked copies of baselines/maddpg.py's blocks (equality: above)
     base = parse_shared_blocks((REPO_ROOT / "baselines" / "maddpg.py").read_text())
     mesa = parse_shared_blocks((REPO_ROOT / "mesa_maddpg.py").read_text())
-    assert set(base) == {"paper-defaults", "networks", "buffer", "maddpg", "cli", "checkpoint", "maddpg-resume"}
+    assert set(base) == {"paper-defaults", "networks", "buffer", "maddpg", "cli", "checkpoint", "maddpg-resume", "cpu-memory"}
     assert set(mesa) == set(base)
 
 
