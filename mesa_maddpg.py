@@ -337,6 +337,13 @@ COLLECT_STEPS_PER_TASK = {"climb-one-step": 30_000, "climb-multi-stage": 30_000,
 # Networks
 # ---------------------------------------------------------------------------------------------
 # --- shared: networks ---
+def tanh(x):
+    """tanh(x) = 2 sigmoid(2x) - 1, the same function (within 2e-7 of torch.tanh) at a third of its CPU
+    time: torch.tanh was the slowest elementwise op of the GRU steps (torch 2.13, one thread: 120 against
+    37 us at [2, 300, 64], 9.9 against 4.5 ms at [2, 30000, 64])."""
+    return torch.sigmoid(2.0 * x).mul(2.0).sub(1.0)
+
+
 class StackedGRUNet(nn.Module):
     """`num_nets` independent networks x -> Linear-ReLU -> GRU cell -> Linear, evaluated in one
     batched pass (per-net weights stacked on dim 0, `torch.baddbmm`): n actors cost one call,
@@ -373,7 +380,8 @@ class StackedGRUNet(nn.Module):
         x_r, x_z, x_n = gates_x.chunk(3, dim=-1)
         h_r, h_z, h_n = gates_h.chunk(3, dim=-1)
         r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
-        return (1.0 - z) * torch.tanh(x_n + r * h_n) + z * h
+        n = tanh(torch.addcmul(x_n, r, h_n))  # tanh(x_n + r * h_n)
+        return torch.lerp(n, h, z)  # (1 - z) * n + z * h
 
     def head(self, h):
         """h [nets, M, H] -> outputs [nets, M, out]."""

@@ -194,6 +194,15 @@ def test_stacked_gru_is_torch_gru_per_net_values_and_gradients():
             assert torch.allclose(mine, ref, atol=1e-5)
 
 
+def test_gru_tanh_is_tanh():
+    # the GRU's tanh is 2 sigmoid(2x) - 1: hand values, odd symmetry, saturation, and torch.tanh's values to 2e-7
+    x = torch.tensor([0.0, 0.5, -0.5, 20.0, -20.0])
+    expected = torch.tensor([0.0, 0.46211715726, -0.46211715726, 1.0, -1.0])  # tanh(0.5) = (e - 1) / (e + 1)
+    assert torch.allclose(mesa.tanh(x), expected, atol=2e-7)
+    x = torch.linspace(-10, 10, 100_001)
+    assert (mesa.tanh(x) - torch.tanh(x)).abs().max() < 2e-7
+
+
 def learner_and_batch(**args):
     torch.manual_seed(0)
     args = mesa.resolve_args(replace(mesa.Args(env_id="climb-one-step"), **args))
