@@ -16,10 +16,14 @@ Same maths: the children start from the same seed, so after the timed episodes (
 mpe-climb) both learners must hold the same networks, targets and Adam states; the largest absolute difference
 is printed (0.0: bit for bit) and the run fails above `--atol`.
 
-Measured (2026-11-30, the command above, a shared 2-core machine, mpe-climb 2 agents x 5 landmarks): the working
-tree 9.2-10.1 ms per env step in every run; HEAD (fc58ae8) 20.9-38.1 ms, varying with the machine's load (its
-update is memory-bound: two thirds of it zero-filled gradient buffers, see StackedGRUNet.forward). Ratios per
-round 2.1x-4.0x; best against best 2.28x and 2.74x in two runs. Bit for bit: True in every run.
+Measured (2026-11-30, mpe-climb 2 agents x 5 landmarks, a 2-core machine, `--repeats 3 --baseline fc58ae8`, the
+code before any of the speed-ups): the working tree 7.4-7.7 ms per env step with the machine's other jobs stopped,
+7.8-8.5 ms beside them; fc58ae8 23.0-30.7 ms and 17.7-32.4 ms (its update is memory-bound, two thirds of it
+zero-filled gradient buffers, see StackedGRUNet.forward, so its time swings with the machine's memory traffic).
+Best against best: 3.08x and 3.76x on the quiet machine (two runs), 2.27x beside the other jobs; per round
+2.3x-4.0x. What the speed-ups are: unbind instead of per-step slices (most of it), the cpu-memory block (6%),
+the GRU cell as addcmul/lerp with tanh = 2 sigmoid(2x) - 1 (5-6%). Same maths: the largest parameter difference
+after 3 updates is 1.5e-8 (the tanh); without that last change, bit for bit.
 """
 
 from __future__ import annotations
