@@ -41,6 +41,8 @@ the whole joint-action history). With the paper's readings (the defaults) Eq. 6 
 where its joint action is valuable on the training task drawn, so the first policy learns a k = 1
 optimum shared by several tasks, and N_hat, fed by all of its dataset D (random warm-up included),
 covers every cluster of M*: the later policies earn an Eq. 6 return near 0 (README, measured).
+The defaults give 0.77 on the multi-stage and 0.74 on the one-step game (5 x 5, README): the
+same as MADDPG within one stage of one test task in 25.
 The last line printed is
 `test_return=<float>`, the mean over the test tasks.
 Long runs: `--checkpoint-every N` saves the whole training state every N env steps (all phases
