@@ -71,8 +71,10 @@ def run(out: Path, name: str) -> None:
     before, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
     print(f"{name}: python {script} {' '.join(flags)}", flush=True)
     with open(work / "log.txt", "a") as log:
-        subprocess.run([sys.executable, str(REPO_ROOT / script), *flags], cwd=work, env=env, stdout=log,
-                       stderr=subprocess.STDOUT, check=True)
+        code = subprocess.run([sys.executable, str(REPO_ROOT / script), *flags], cwd=work, env=env, stdout=log,
+                              stderr=subprocess.STDOUT).returncode
+    if code != 0:  # one line, not a traceback: the script's own message is the last line of its log
+        sys.exit(f"error: {name} exited with {code}; see {work / 'log.txt'}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     (work / "cpu.json").write_text(json.dumps({"cpu_s": cpu, "wall_s": time.time() - wall}))
