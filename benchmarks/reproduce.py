@@ -46,6 +46,7 @@ import contextlib
 import ctypes
 import datetime
 import json
+import logging
 import math
 import os
 import re
@@ -1208,7 +1209,12 @@ def read_curve(folder: Path, result: Optional[dict]) -> Optional[tuple[np.ndarra
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-        events.Reload()
+        tensorboard_log = logging.getLogger("tensorboard")
+        level, _ = tensorboard_log.level, tensorboard_log.setLevel(logging.ERROR)
+        try:  # (quiet: a resumed run's events after its checkpoint are purged, as they should be, with a warning)
+            events.Reload()
+        finally:
+            tensorboard_log.setLevel(level)
         if "eval/return" in events.Tags()["scalars"]:
             points = {e.step: e.value for e in events.Scalars("eval/return")}  # a resumed run logs some steps twice
             steps = np.array(sorted(points))

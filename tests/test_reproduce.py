@@ -260,3 +260,22 @@ def test_slurm_path_with_submitits_local_executor_requeues_a_preempted_run(tmp_p
         assert np.isfinite(json.loads((out / f / "result.json").read_text())["score"])
     report = (out / "report.md").read_text()
     assert report.count("n=2") == 2 and "paper 652.1 (298.6)" in report
+
+
+def test_curve_of_a_resumed_run_drops_what_came_after_its_checkpoint(tmp_path, caplog):
+    """A run killed at step 45 after a checkpoint at 20 resumes (SummaryWriter's purge_step, as the scripts do)
+    and has logged 30 again so far: the curve is 10, 20 and the resumed run's 30 (the first attempt's 30 and 40
+    are purged), and reading it logs no warning about the purge."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir = tmp_path / "runs" / "task__drq__1__0"
+    run_dir.mkdir(parents=True)
+    for purge_step, points in ((None, {10: 1.0, 20: 2.0, 30: 3.0, 40: 4.0}), (21, {30: 30.0})):
+        writer = SummaryWriter(str(run_dir), purge_step=purge_step)
+        for step, value in points.items():
+            writer.add_scalar("eval/return", value, step)
+        writer.close()
+        time.sleep(1.1)  # event files are read in the order of their names, which start with the second of writing
+    steps, returns = reproduce.read_curve(tmp_path, None)
+    assert steps.tolist() == [10, 20, 30] and returns.tolist() == [1.0, 2.0, 30.0]
+    assert not [r for r in caplog.records if r.name.startswith("tensorboard")]
