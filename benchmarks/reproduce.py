@@ -1368,8 +1368,8 @@ def write_report(plan: Plan, args: Args) -> Path:
             lines.append("(no row has a seed that finished every task yet)")
         lines.append("")
         if plot_report(plan, data, aggregates):
-            lines += ["## Plots", "", "Learning curves (mean over seeds, 95% bootstrap band; dashed: the paper's final "
-                      "score):", "", "![learning curves](curves.png)", ""]
+            lines += ["## Plots", "", "Learning curves (mean over seeds, at the evaluations every seed has reached, 95% "
+                      "bootstrap band; dashed: the paper's final score where it gives one):", "", "![learning curves](curves.png)", ""]
             if aggregates:
                 lines += ["![IQM](aggregate.png)", ""]
     elif "climb-multi-stage" in plan.tasks:
@@ -1430,7 +1430,8 @@ def plot_report(plan: Plan, data: dict, aggregates: dict) -> bool:
             final = paper.get(row.name, {}).get(task)
             if final:
                 ax.axhline(final[0], color=color, linestyle="--", linewidth=1)
-        ax.plot([], [], color="gray", linestyle="--", linewidth=1, label="paper, final")
+        if any(paper.get(row.name, {}).get(task) for row in plan.rows):  # (Fig. 4 has curves only: no line)
+            ax.plot([], [], color="gray", linestyle="--", linewidth=1, label="paper, final")
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("env steps", fontsize=8)
         ax.tick_params(labelsize=7)
