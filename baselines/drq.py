@@ -33,7 +33,8 @@ Decisions where the paper and jaxrl2 are silent or differ from the state-based s
 
 Run:     python baselines/drq.py --env-id cartpole-swingup
 Expect:  DrQ's paper reports about 759 (+-92) on cartpole-swingup after 100k env steps (its PlaNet-benchmark
-         table, action repeat 8); Fig. 4 of the CE paper has no numbers. The last printed line is
+         table, action repeat 8), this file 846 and 593 there (seeds 1 and 2, `--total-timesteps 100000`);
+         Fig. 4 of the CE paper has no numbers. The last printed line is
          `eval_return=<mean of the last 10 evaluations>`.
 Speed:   on one CPU thread an update at batch 256 takes about 0.5 s (three passes of the conv encoder and
          one backward), rendering 20 ms a frame (llvmpipe): 15 env steps per CPU second on cartpole (action
