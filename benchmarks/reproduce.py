@@ -1210,8 +1210,9 @@ def read_curve(folder: Path, result: Optional[dict]) -> Optional[tuple[np.ndarra
 
         events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
         tensorboard_log = logging.getLogger("tensorboard")
-        level, _ = tensorboard_log.level, tensorboard_log.setLevel(logging.ERROR)
-        try:  # (quiet: a resumed run's events after its checkpoint are purged, as they should be, with a warning)
+        level = tensorboard_log.level
+        tensorboard_log.setLevel(logging.ERROR)  # a resumed run's events after its checkpoint are purged (rightly),
+        try:  # and TensorBoard warns about each purge
             events.Reload()
         finally:
             tensorboard_log.setLevel(level)
@@ -1369,7 +1370,8 @@ def write_report(plan: Plan, args: Args) -> Path:
         lines.append("")
         if plot_report(plan, data, aggregates):
             lines += ["## Plots", "", "Learning curves (mean over seeds, at the evaluations every seed has reached, 95% "
-                      "bootstrap band; dashed: the paper's final score where it gives one):", "", "![learning curves](curves.png)", ""]
+                      "bootstrap band; dashed: the paper's final score where it gives one):", "",
+                      "![learning curves](curves.png)", ""]
             if aggregates:
                 lines += ["![IQM](aggregate.png)", ""]
     elif "climb-multi-stage" in plan.tasks:
