@@ -44,7 +44,7 @@ Decisions where the paper is silent (beyond baselines/drq.py's):
 
 Expect:  Fig. 4 shows CE above DrQ, Replica-DrQ, RND and SUNRISE on its four pixel tasks, without numbers;
          DrQ's own paper reports about 759 (+-92) on cartpole-swingup after 100k env steps; this file (N = 2,
-         seed 1, `--total-timesteps 100000`) 762 there, baselines/drq.py 846 and 593. The last printed
+         seeds 1 and 2, `--total-timesteps 100000`) 762 and 555 there, baselines/drq.py 846 and 593. The last printed
          line is `eval_return=<mean of the last 10 evaluations>` (agent 0's by default).
 Speed:   each update trains all N agents, so N = 2 costs about twice DrQ's CPU time per env step: Replica-DrQ
          8.5 env steps per CPU second on cartpole (per agent 1.12x DrQ's update throughput), CE 7.4
